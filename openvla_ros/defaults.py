@@ -1,0 +1,38 @@
+"""The one place for topic names, node names and shared default values.
+
+Every node, launch description, CLI, test and document takes these from here. Relative names
+(``~/...``) are private to the node that owns them.
+"""
+# ---- node names (also the executable names) ----
+VLA_NODE = 'vla_node'
+ARM_CONTROLLER_NODE = 'arm_controller'
+SIM_NODE = 'sim_node'
+
+# ---- vla_node ----
+CAMERA_TOPIC = '/camera/image_raw'                       # sensor_msgs/Image
+COMPRESSED_CAMERA_TOPIC = '/camera/image_raw/compressed'  # sensor_msgs/CompressedImage
+INSTRUCTION_TOPIC = '/openvla/instruction'               # std_msgs/String
+ACTION_TOPIC = '/openvla/action'                         # openvla_ros/EndEffectorDelta
+ACTION_TWIST_TOPIC = '/openvla/action_twist'             # geometry_msgs/TwistStamped
+VLA_STATUS_TOPIC = '/openvla/status'                     # openvla_ros/VlaStatus (latched)
+DEBUG_IMAGE_TOPIC = '~/debug_image'                      # sensor_msgs/Image
+DIAGNOSTICS_TOPIC = '/diagnostics'                       # diagnostic_msgs/DiagnosticArray
+
+# ---- arm_controller ----
+JOINT_STATES_TOPIC = '/joint_states'                               # sensor_msgs/JointState
+JOINT_TRAJECTORY_TOPIC = '/arm_controller/joint_trajectory'        # trajectory_msgs/JointTrajectory
+TARGET_POSE_TOPIC = '/arm_controller/target_pose'                  # geometry_msgs/PoseStamped
+SERVO_TWIST_TOPIC = '/servo_node/delta_twist_cmds'                 # geometry_msgs/TwistStamped
+GRIPPER_WIDTH_TOPIC = '/arm_controller/gripper_width'              # std_msgs/Float64
+CONTROLLER_STATUS_TOPIC = '/arm_controller/status'                 # openvla_ros/ControllerStatus
+ESTOP_TOPIC = '/arm_controller/estop'                              # std_msgs/Bool (latched)
+
+# ---- sim_node ----
+CLOCK_TOPIC = '/clock'                                             # rosgraph_msgs/Clock
+
+# ---- model defaults ----
+DEFAULT_UNNORM_KEY = 'bridge_orig'
+DEFAULT_EMBODIMENT = 'widowx_250s_bridge'
+DEFAULT_SERVER_HOST = '127.0.0.1'
+DEFAULT_SERVER_PORT = 8000
+MAX_INSTRUCTION_CHARS = 1000   # longer instructions are rejected with a clear error

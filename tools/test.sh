@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run every test. Extra arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$ROOT/tools/setup.sh"
+cd "$ROOT"
+eval "$("$ROOT/.venv/bin/python" -m openvla_ros.runtime_env)"
+exec "$ROOT/.venv/bin/python" -m pytest "$@"
