@@ -1,0 +1,191 @@
+"""Small pieces every node of the package shares: QoS presets, rolling statistics,
+/diagnostics publishing and the lifecycle ``main()`` driver.
+
+rclpy-only (Humble, Jazzy, Kilted); diagnostic_updater is not available as a wheel, so the
+DiagnosticArray is built here following its conventions (hardware_id, one status per concern).
+"""
+from __future__ import annotations
+
+import bisect
+import signal
+import threading
+import time
+from collections import deque
+from typing import Callable, Iterable
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from openvla_ros import defaults
+
+OK = DiagnosticStatus.OK
+WARN = DiagnosticStatus.WARN
+ERROR = DiagnosticStatus.ERROR
+STALE = DiagnosticStatus.STALE
+
+
+def latched_qos(depth: int = 1) -> QoSProfile:
+    """Reliable + transient-local: late joiners (rqt, ros2 topic echo) get the last message."""
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def reliable_qos(depth: int = 10) -> QoSProfile:
+    """Reliable + volatile: what `ros2 topic pub` uses by default."""
+    return QoSProfile(depth=depth, history=HistoryPolicy.KEEP_LAST,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+class RollingStats:
+    """Event rate and value percentiles over a sliding time window (thread-safe).
+
+    Times are seconds on any monotonic-ish clock the caller chooses (wall or node clock)."""
+
+    def __init__(self, window_s: float = 10.0, max_samples: int = 10000):
+        self.window_s = window_s
+        self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
+        self._lock = threading.Lock()
+
+    def add(self, t: float, value: float = 0.0) -> None:
+        with self._lock:
+            self._samples.append((t, value))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._samples.clear()
+
+    def _window(self, now: float) -> list[tuple[float, float]]:
+        with self._lock:
+            while self._samples and self._samples[0][0] < now - self.window_s:
+                self._samples.popleft()
+            return list(self._samples)
+
+    def rate_hz(self, now: float) -> float:
+        s = self._window(now)
+        if len(s) < 2:
+            return 0.0
+        span = max(now - s[0][0], s[-1][0] - s[0][0])
+        return (len(s) - 1) / span if span > 0 else 0.0
+
+    def percentile(self, now: float, q: float) -> float:
+        """q in [0, 100]; NaN when there are no samples in the window."""
+        values = sorted(v for _, v in self._window(now))
+        if not values:
+            return float('nan')
+        k = min(len(values) - 1, max(0, int(round(q / 100.0 * (len(values) - 1)))))
+        return values[k]
+
+    def count(self, now: float) -> int:
+        return len(self._window(now))
+
+
+def key_values(values: dict) -> list[KeyValue]:
+    out = []
+    for k, v in values.items():
+        if isinstance(v, float):
+            v = f'{v:.6g}'
+        out.append(KeyValue(key=str(k), value=str(v)))
+    return out
+
+
+def make_status(name: str, level, message: str, hardware_id: str,
+                values: dict | None = None) -> DiagnosticStatus:
+    """``level`` is one of OK/WARN/ERROR/STALE (the message constants, bytes) or an int 0..3."""
+    if isinstance(level, int):
+        level = bytes([level])
+    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                            values=key_values(values or {}))
+
+
+class DiagnosticsPublisher:
+    """Publishes one DiagnosticArray per call on /diagnostics, stamped with the node clock."""
+
+    def __init__(self, node, hardware_id: str):
+        self._node = node
+        self.hardware_id = hardware_id
+        self._pub = node.create_publisher(DiagnosticArray, defaults.DIAGNOSTICS_TOPIC, 10)
+
+    def status(self, concern: str, level, message: str, values: dict | None = None) -> DiagnosticStatus:
+        """A status named ``<node name>: <concern>`` (the diagnostic_updater naming)."""
+        return make_status(f'{self._node.get_name()}: {concern}', level, message, self.hardware_id, values)
+
+    def publish(self, statuses: Iterable[DiagnosticStatus]) -> None:
+        msg = DiagnosticArray()
+        msg.header.stamp = self._node.get_clock().now().to_msg()
+        msg.status = list(statuses)
+        self._pub.publish(msg)
+
+    def destroy(self) -> None:
+        self._node.destroy_publisher(self._pub)
+
+
+def stamp_to_s(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def now_s(node) -> float:
+    """The node clock (sim time under use_sim_time) in seconds."""
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
+def run_lifecycle_node(node_factory: Callable[[], object], args=None,
+                       autostart_param: str = 'autostart', num_threads: int = 4) -> int:
+    """``main()`` of a lifecycle node: configure + activate unless ``autostart:=false``,
+    spin on a MultiThreadedExecutor, and on SIGINT/SIGTERM walk the node down to finalized
+    (deactivate → cleanup → shutdown callbacks run with a live context) and return 0."""
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node = node_factory()
+    if not node.has_parameter(autostart_param):
+        node.declare_parameter(autostart_param, True)
+    executor = MultiThreadedExecutor(num_threads=num_threads)
+    executor.add_node(node)
+    code = 0
+    try:
+        if node.get_parameter(autostart_param).value:
+            from rclpy.lifecycle import TransitionCallbackReturn
+
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error('configure failed; staying unconfigured (fix and configure again)')
+            elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                node.get_logger().error('activate failed; staying inactive')
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except Exception as exc:  # report, then still shut down cleanly
+        node.get_logger().fatal(f'unhandled error: {exc!r}')
+        code = 1
+    finally:
+        try:
+            _shutdown_lifecycle(node)
+        finally:
+            executor.shutdown(timeout_sec=1.0)
+            node.destroy_node()
+            rclpy.try_shutdown()
+    return code
+
+
+def _shutdown_lifecycle(node) -> None:
+    """Walk the node down (active → inactive → unconfigured → finalized) so its deactivate and
+    cleanup callbacks run; transitions that do not apply to the current state are skipped."""
+    for step in ('trigger_deactivate', 'trigger_cleanup', 'trigger_shutdown'):
+        try:
+            getattr(node, step)()
+        except Exception:  # rclpy raises for a transition invalid in the current state
+            pass
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, step_s: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return bool(predicate())
