@@ -30,6 +30,10 @@ ESTOP_TOPIC = '/arm_controller/estop'                              # std_msgs/Bo
 # ---- sim_node ----
 CLOCK_TOPIC = '/clock'                                             # rosgraph_msgs/Clock
 
+# ---- openvla-bag ----
+BAG_PLAYER_NODE = 'openvla_bag_player'      # services ~/toggle_pause, ~/play_next (std_srvs/Trigger)
+BAG_RECORDER_NODE = 'openvla_bag_recorder'
+
 # ---- model defaults ----
 DEFAULT_UNNORM_KEY = 'bridge_orig'
 DEFAULT_EMBODIMENT = 'widowx_250s_bridge'

@@ -1,1 +1,1 @@
-
+"""ROS-free arm control: embodiment configs, Bridge delta semantics, kinematics and safety."""

@@ -163,12 +163,13 @@ def run_lifecycle_node(node_factory: Callable[[], object], args=None,
         node.get_logger().fatal(f'unhandled error: {exc!r}')
         code = 1
     finally:
-        try:
-            _shutdown_lifecycle(node)
-        finally:
-            executor.shutdown(timeout_sec=1.0)
-            node.destroy_node()
-            rclpy.try_shutdown()
+        # Stop the executor first: the transitions below destroy timers and subscriptions, and
+        # an executor still holding tasks for them would report "destruction was requested".
+        executor.remove_node(node)
+        executor.shutdown(timeout_sec=1.0)
+        _shutdown_lifecycle(node)
+        node.destroy_node()
+        rclpy.try_shutdown()
     return code
 
 

@@ -1,0 +1,110 @@
+"""``openvla-bag``: play, record and evaluate ROS 2 bags without rosbag2.
+
+  openvla-bag play BAG [--rate R] [--loop] [--topics T ...] [--remap FROM:=TO] [--start-paused] [--clock [HZ]]
+  openvla-bag record -o OUT [TOPICS ...] [--camera [--camera-scale 0.5]] [--duration-s S] [--force]
+  openvla-bag eval BAG --checkpoint DIR [--instruction TEXT] [--output OUT_BAG] [--report-dir DIR] [--json]
+
+On a ROS workstation ``ros2 bag play BAG --clock`` and ``ros2 bag record`` do what ``play`` and
+``record`` do here; these exist for machines without rosbag2 and read/write the same bags
+(sqlite3 and mcap). ``eval`` runs the policy offline on a bag's camera frames (no ROS graph) and
+compares its actions with recorded ones.
+
+Exit status: 0 success; 1 the run failed or stopped early (partial results are kept and say
+so); 2 bad input (bag missing, empty or unreadable, topic missing, output exists without --force).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from openvla_ros import defaults
+from openvla_ros.bag.storage import BagError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from openvla_ros.bag.play import DEFAULT_CLOCK_HZ
+    from openvla_ros.engine.api import DEVICES, DTYPES, QUANTIZATIONS
+
+    parser = argparse.ArgumentParser(prog='openvla-bag', description=__doc__.split('\n\n')[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    p = sub.add_parser('play', help='publish a bag into the ROS graph with its recorded timing')
+    p.add_argument('bag', help='bag directory (metadata.yaml + .db3/.mcap) or a single .mcap file')
+    p.add_argument('--rate', type=float, default=1.0, help='playback speed factor (default 1.0)')
+    p.add_argument('--loop', action='store_true', help='start over at the end of the bag')
+    p.add_argument('--topics', nargs='+', metavar='T', help='only these topics (default: all)')
+    p.add_argument('--remap', action='append', metavar='FROM:=TO', help='publish topic FROM as TO (repeatable)')
+    p.add_argument('--start-paused', action='store_true',
+                   help=f'wait for /{defaults.BAG_PLAYER_NODE}/toggle_pause or /play_next (std_srvs/Trigger)')
+    p.add_argument('--clock', nargs='?', type=float, const=DEFAULT_CLOCK_HZ, default=None, metavar='HZ',
+                   help=f'publish {defaults.CLOCK_TOPIC} from the bag time at HZ (default {DEFAULT_CLOCK_HZ:g} Hz)')
+    p.add_argument('--qos-reliability', choices=('reliable', 'best_effort'),
+                   help='publisher reliability (default: as recorded, else reliable)')
+    p.add_argument('--delay-s', type=float, default=0.0, help='wait this long before the first message, seconds')
+    p.add_argument('--wait-for-subscribers-s', type=float, default=0.0,
+                   help='wait up to this long until every publisher has a subscriber, seconds')
+
+    r = sub.add_parser('record', help='record topics of the live graph into an mcap bag')
+    r.add_argument('-o', '--output', required=True, help='bag directory to create')
+    r.add_argument('topics', nargs='*', help='topics to record (default: the openvla action, status, '
+                   'diagnostics and controller topics)')
+    r.add_argument('--camera', action='store_true', help=f'also record {defaults.CAMERA_TOPIC}')
+    r.add_argument('--camera-scale', type=float, default=1.0, help='shrink camera images by this factor (0, 1]')
+    r.add_argument('--duration-s', type=float, help='stop after this many seconds (default: until Ctrl-C)')
+    r.add_argument('--force', action='store_true', help='overwrite an existing output bag')
+
+    e = sub.add_parser('eval', help='run the policy offline on a bag and compare with recorded actions')
+    e.add_argument('bag')
+    e.add_argument('--checkpoint', required=True, help='OpenVLA checkpoint directory')
+    e.add_argument('--unnorm-key', help=f'dataset statistics key (default {defaults.DEFAULT_UNNORM_KEY} '
+                   'when the checkpoint has it, else its only key)')
+    e.add_argument('--instruction', help='fixed instruction (default: the latest message on --instruction-topic)')
+    e.add_argument('--image-topic', help=f'Image or CompressedImage topic (default {defaults.CAMERA_TOPIC}, '
+                   f'else {defaults.COMPRESSED_CAMERA_TOPIC})')
+    e.add_argument('--instruction-topic', default=defaults.INSTRUCTION_TOPIC)
+    e.add_argument('--reference-topic', help='recorded actions: openvla_ros/EndEffectorDelta or '
+                   f'std_msgs/Float64MultiArray (default {defaults.ACTION_TOPIC} when present)')
+    e.add_argument('--match-tolerance-s', type=float, default=0.05,
+                   help='largest stamp difference between a prediction and its reference, seconds')
+    e.add_argument('--rate', type=float, help='evaluate at most this many frames per second of bag time (default: every frame)')
+    e.add_argument('--output', help='output mcap bag of predicted actions (default: <bag>_eval_<timestamp>)')
+    e.add_argument('--report-dir', help='report.json and plots (default: <output>/report)')
+    e.add_argument('--frame-id', default='', help='header.frame_id of the predicted actions (the embodiment base frame)')
+    e.add_argument('--json', action='store_true', help='print the report as JSON on stdout')
+    e.add_argument('--force', action='store_true', help='overwrite existing output bag / report files')
+    e.add_argument('--no-progress', action='store_true', help='no progress bar on stderr')
+    e.add_argument('--dtype', choices=DTYPES, default='float32')
+    e.add_argument('--device', default='cpu', help=f'{" | ".join(DEVICES)} | cuda:N')
+    e.add_argument('--quantization', choices=QUANTIZATIONS, default='none')
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == 'play':
+            from openvla_ros.bag.play import PlayOptions, parse_remaps, play
+
+            return play(PlayOptions(
+                bag=args.bag, rate=args.rate, loop=args.loop, topics=args.topics,
+                remap=parse_remaps(args.remap), start_paused=args.start_paused, clock_hz=args.clock,
+                qos_reliability=args.qos_reliability, delay_s=args.delay_s,
+                wait_for_subscribers_s=args.wait_for_subscribers_s))
+        if args.command == 'record':
+            from openvla_ros.bag.record import RecordOptions, record
+
+            return record(RecordOptions(output=args.output, topics=args.topics, camera=args.camera,
+                                        camera_scale=args.camera_scale, duration_s=args.duration_s,
+                                        force=args.force))
+        from openvla_ros.bag.evaluate import EvalOptions, run_eval
+
+        return run_eval(EvalOptions.from_args(args))
+    except BagError as exc:
+        print(f'openvla-bag {args.command}: error: {exc}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""arm_controller on a real rclpy graph: the node runs in-process on its own executor thread,
+the test talks to it over DDS (loopback) through topics and services."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from conftest import spin_until
+from openvla_ros import defaults
+from openvla_ros.control.embodiment import load_embodiment
+from openvla_ros.control.kinematics import ArmKinematics
+from openvla_ros.msg import ControllerStatus, EndEffectorDelta
+from openvla_ros.nodes import common
+from openvla_ros.nodes.arm_controller import ArmControllerNode
+
+
+class Rig:
+    """The controller under test plus a client node with publishers/subscribers and recorders."""
+
+    def __init__(self, context, embodiment: str, **params):
+        overrides = [Parameter('embodiment', value=embodiment)] + [Parameter(k, value=v) for k, v in params.items()]
+        self.node = ArmControllerNode(context=context, parameter_overrides=overrides)
+        self.node_exec = MultiThreadedExecutor(num_threads=2, context=context)
+        self.node_exec.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+        self.client = rclpy.create_node('arm_controller_test_client', context=context)
+        self.exec = SingleThreadedExecutor(context=context)
+        self.exec.add_node(self.client)
+        c = self.client
+        self.trajectories, self.poses, self.statuses, self.twists = [], [], [], []
+        c.create_subscription(JointTrajectory, defaults.JOINT_TRAJECTORY_TOPIC, self.trajectories.append, 10)
+        c.create_subscription(PoseStamped, defaults.TARGET_POSE_TOPIC, self.poses.append, 10)
+        c.create_subscription(ControllerStatus, defaults.CONTROLLER_STATUS_TOPIC, self.statuses.append,
+                              common.latched_qos())
+        c.create_subscription(TwistStamped, defaults.SERVO_TWIST_TOPIC,
+                              lambda m: self.twists.append((time.monotonic(), m)), 100)
+        self.action_pub = c.create_publisher(EndEffectorDelta, defaults.ACTION_TOPIC, 10)
+        self.joint_pub = c.create_publisher(JointState, defaults.JOINT_STATES_TOPIC, 10)
+        self.estop_pub = c.create_publisher(Bool, defaults.ESTOP_TOPIC, common.latched_qos())
+        self.enable_cli = c.create_client(SetBool, f'/{defaults.ARM_CONTROLLER_NODE}/enable')
+        self.reset_estop_cli = c.create_client(Trigger, f'/{defaults.ARM_CONTROLLER_NODE}/reset_estop')
+
+    def _spin(self):
+        while not self._stop.is_set():
+            self.node_exec.spin_once(timeout_sec=0.05)
+
+    def start(self):
+        from rclpy.lifecycle import TransitionCallbackReturn
+        assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert self.node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.node_exec.shutdown(timeout_sec=1)
+        self.exec.shutdown(timeout_sec=1)
+        self.node.destroy_node()
+        self.client.destroy_node()
+
+    def wait(self, predicate, timeout_s=10.0):
+        return spin_until(self.exec, predicate, timeout_s)
+
+    def publish_joints(self, names, q):
+        self.joint_pub.publish(JointState(name=list(names), position=[float(x) for x in q]))
+
+    def send_action(self, values, age_s=0.0):
+        msg = EndEffectorDelta()
+        now_ns = self.client.get_clock().now().nanoseconds - int(age_s * 1e9)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now_ns, 1_000_000_000)
+        msg.action = [float(v) for v in values]
+        self.action_pub.publish(msg)
+
+    def call(self, client, request):
+        assert client.wait_for_service(timeout_sec=10.0)
+        fut = client.call_async(request)
+        assert self.wait(fut.done)
+        return fut.result()
+
+    def wait_event(self, text, timeout_s=10.0):
+        return self.wait(lambda: self.statuses and text in self.statuses[-1].last_event, timeout_s)
+
+    def connected(self):
+        return self.wait(lambda: self.action_pub.get_subscription_count() > 0
+                         and self.joint_pub.get_subscription_count() > 0)
+
+
+@pytest.fixture
+def bridge_rig(ros_context):
+    rig = Rig(ros_context, 'widowx_250s_bridge', watchdog_timeout_s=0.6, max_action_age_s=0.5)
+    rig.start()
+    yield rig
+    rig.close()
+
+
+@pytest.fixture(scope='module')
+def bridge_start_q():
+    e = load_embodiment('widowx_250s_bridge')
+    k = ArmKinematics(e)
+    return e, k, k.solve(e.start_pose, np.array([0, -0.96, 1.16, 0, -0.3, 0])).joint_positions
+
+
+def test_action_in_trajectory_and_pose_out(bridge_rig, bridge_start_q):
+    rig = bridge_rig
+    e, kin, q = bridge_start_q
+    assert rig.connected()
+    rig.publish_joints(list(e.arm_joints) + ['left_finger', 'right_finger'], list(q) + [0.037, -0.037])
+    # starts disabled: the action is refused with a reason
+    rig.send_action([0.01, 0, 0, 0, 0, 0, 1.0])
+    assert rig.wait_event('disabled')
+    assert rig.statuses[-1].state == ControllerStatus.STATE_DISABLED and not rig.trajectories
+    assert rig.call(rig.enable_cli, SetBool.Request(data=True)).success
+
+    rig.send_action([0.01, 0, 0, 0, 0, 0, 0.0])
+    assert rig.wait(lambda: rig.trajectories and rig.poses)
+    traj = rig.trajectories[-1]
+    assert traj.joint_names == list(e.arm_joints) + ['left_finger']
+    point = traj.points[0]
+    assert point.positions[-1] == pytest.approx(0.015)          # gripper 0 -> closed finger position
+    assert point.time_from_start.sec + point.time_from_start.nanosec * 1e-9 >= 0.2 - 1e-9
+    reached = kin.forward(point.positions[:6])
+    expected = kin.forward(q).position + [0.01, 0, 0]
+    np.testing.assert_allclose(reached.position, expected, atol=1e-3)
+    p = rig.poses[-1].pose.position
+    np.testing.assert_allclose([p.x, p.y, p.z], expected, atol=1e-9)
+    assert rig.poses[-1].header.frame_id == 'wx250s/base_link'
+    assert rig.wait(lambda: rig.statuses[-1].state == ControllerStatus.STATE_TRACKING)
+
+    # invalid and stale actions are dropped with a reason; no new trajectory
+    n = len(rig.trajectories)
+    rig.send_action([0.01, 0, float('nan'), 0, 0, 0, 1.0])
+    assert rig.wait_event('non-finite')
+    rig.send_action([0.01, 0, 0, 0, 0, 1.0])
+    assert rig.wait_event('expected 7')
+    rig.send_action([0.01, 0, 0, 0, 0, 0, 1.0], age_s=2.0)
+    assert rig.wait_event('stale action')
+    assert len(rig.trajectories) == n
+    assert rig.statuses[-1].actions_rejected >= 4
+
+    # watchdog: no fresh action -> one hold trajectory at the measured joints
+    assert rig.wait_event('watchdog', timeout_s=5.0)
+    assert rig.wait(lambda: len(rig.trajectories) == n + 1)
+    np.testing.assert_allclose(rig.trajectories[-1].points[0].positions[:6], q, atol=1e-9)
+    assert rig.statuses[-1].state == ControllerStatus.STATE_HOLDING
+
+    # disable: further actions refused
+    assert rig.call(rig.enable_cli, SetBool.Request(data=False)).success
+    rig.send_action([0.01, 0, 0, 0, 0, 0, 1.0])
+    assert rig.wait_event('disabled')
+
+
+def test_estop_latches_until_reset(bridge_rig, bridge_start_q):
+    rig = bridge_rig
+    e, kin, q = bridge_start_q
+    assert rig.connected()
+    rig.publish_joints(e.arm_joints, q)
+    assert rig.call(rig.enable_cli, SetBool.Request(data=True)).success
+    rig.estop_pub.publish(Bool(data=True))
+    assert rig.wait(lambda: rig.statuses and rig.statuses[-1].estop_latched)
+    assert rig.statuses[-1].state == ControllerStatus.STATE_ESTOP
+    rig.estop_pub.publish(Bool(data=False))       # releasing the button does not clear the latch
+    rig.send_action([0.01, 0, 0, 0, 0, 0, 1.0])
+    assert rig.wait_event('estop latched')
+    assert not rig.call(rig.enable_cli, SetBool.Request(data=True)).success
+    n = len(rig.trajectories)
+    res = rig.call(rig.reset_estop_cli, Trigger.Request())
+    assert res.success, res.message
+    assert rig.wait(lambda: not rig.statuses[-1].estop_latched)
+    rig.publish_joints(e.arm_joints, q)
+    rig.send_action([0.01, 0, 0, 0, 0, 0, 1.0])
+    assert rig.wait(lambda: len(rig.trajectories) > n and rig.trajectories[-1].points[0].positions[:6] != list(q))
+
+
+def test_servo_twist_resent_then_zero(ros_context):
+    e = load_embodiment('generic_7dof_servo')
+    rig = Rig(ros_context, 'generic_7dof_servo', start_enabled=True, servo_rate_hz=50.0, control_period_s=0.5,
+              watchdog_timeout_s=5.0)
+    try:
+        rig.start()
+        assert rig.connected()
+        q = [0.0, 0.5, 0.0, -1.2, 0.0, 0.8, 0.0]
+        rig.publish_joints(e.arm_joints, q)
+        assert rig.wait(lambda: len(rig.twists) > 5)      # zero twists while holding
+        assert all(m.twist.linear.x == 0.0 for _, m in rig.twists)
+        rig.twists.clear()
+        rig.send_action([0.02, 0, 0, 0, 0, 0.1, 1.0])
+        assert rig.wait(lambda: any(m.twist.linear.x > 0 for _, m in rig.twists))
+        t0 = next(t for t, m in rig.twists if m.twist.linear.x > 0)
+        rig.wait(lambda: rig.twists and rig.twists[-1][0] > t0 + 1.5, timeout_s=5.0)
+        moving = [m for _, m in rig.twists if m.twist.linear.x > 0]
+        # delta / control period, repeated during the period, then zero (never extrapolated)
+        assert moving[0].twist.linear.x == pytest.approx(0.02 / 0.5)
+        assert moving[0].twist.angular.z == pytest.approx(0.1 / 0.5)
+        assert 5 <= len(moving) <= 40
+        assert rig.twists[-1][1].twist.linear.x == 0.0
+        window = [t for t, _ in rig.twists if t0 <= t <= t0 + 1.0]
+        assert len(window) >= 10
+        assert rig.poses and rig.poses[-1].header.frame_id == 'base_link'
+        assert not rig.trajectories
+    finally:
+        rig.close()
