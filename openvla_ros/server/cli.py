@@ -1,0 +1,141 @@
+"""``openvla-serve``: load a checkpoint and serve it over HTTP (see ``app.py`` for the API).
+
+The token comes from ``--token-file`` or the ``OPENVLA_SERVER_TOKEN`` environment variable, never
+from the command line (other users can read command lines). Binding to anything but a loopback
+address without a token is refused.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+from openvla_ros import defaults
+from openvla_ros.cli.engine_args import add_policy_arguments, policy_options
+from openvla_ros.server.app import ServerConfig, create_app
+
+TOKEN_ENV = 'OPENVLA_SERVER_TOKEN'
+LOOPBACK_NAMES = ('localhost',)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerConfig()
+    p = argparse.ArgumentParser(
+        prog='openvla-serve',
+        description='Serve an OpenVLA checkpoint over HTTP (POST /act compatible with upstream '
+                    'deploy.py; /act/detailed, /healthz, /info).')
+    p.add_argument('--checkpoint', required=True, type=Path,
+                   help='local OpenVLA checkpoint directory (no downloads)')
+    add_policy_arguments(p)   # --dtype, --device, --quantization, ... as every engine tool
+    p.add_argument('--self-test', action='store_true',
+                   help='at load, check that the image changes the logits (refuse to serve a '
+                        'model that ignores the image)')
+    p.add_argument('--unnorm-key-default', default=None,
+                   help='unnorm_key used when a request names none')
+    p.add_argument('--host', default=defaults.DEFAULT_SERVER_HOST,
+                   help='address to bind (default %(default)s; non-loopback needs a token)')
+    p.add_argument('--port', type=int, default=defaults.DEFAULT_SERVER_PORT)
+    p.add_argument('--token-file', type=Path, default=None,
+                   help=f'file holding the bearer token (else ${TOKEN_ENV}; unset = no auth)')
+    p.add_argument('--max-batch', type=int, default=d.max_batch,
+                   help='most requests run as one batch (default %(default)s)')
+    p.add_argument('--queue-size', type=int, default=d.queue_size,
+                   help='requests that may wait; more get 503 (default %(default)s)')
+    p.add_argument('--request-timeout-s', type=float, default=d.request_timeout_s,
+                   help='seconds from arrival to answer, queue wait included; then 504 '
+                        '(default %(default)s)')
+    p.add_argument('--max-body-mb', type=float, default=d.max_body_bytes / 2 ** 20,
+                   help='largest request body in MiB; larger gets 413 (default %(default)s)')
+    p.add_argument('--max-image-pixels', type=int, default=d.max_image_pixels,
+                   help='largest image (H x W); larger gets 413 (default %(default)s)')
+    p.add_argument('--extra-latency-s', type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument('--log-level', default='info',
+                   choices=('critical', 'error', 'warning', 'info', 'debug'))
+    return p
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """The bearer token from the file or the environment; ``None`` when neither is set."""
+    if token_file is not None:
+        token = token_file.read_text().strip()
+        if not token:
+            raise ValueError(f'token file {token_file} is empty')
+        return token
+    token = os.environ.get(TOKEN_ENV, '').strip()
+    return token or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    log = logging.getLogger('openvla_ros.server')
+    try:
+        token = read_token(args.token_file)
+    except (OSError, ValueError) as exc:
+        print(f'openvla-serve: cannot read the token: {exc}', file=sys.stderr)
+        return 2
+    if token is None and not is_loopback(args.host):
+        print(f'openvla-serve: refusing to bind to {args.host} without a token: anyone who can '
+              f'reach it could drive the robot. Set --token-file or ${TOKEN_ENV}, or bind to '
+              f'{defaults.DEFAULT_SERVER_HOST}.', file=sys.stderr)
+        return 2
+    for name in ('max_batch', 'queue_size', 'max_image_pixels'):
+        if getattr(args, name) < 1:
+            print(f'openvla-serve: --{name.replace("_", "-")} must be >= 1', file=sys.stderr)
+            return 2
+    if args.request_timeout_s <= 0 or args.max_body_mb <= 0:
+        print('openvla-serve: --request-timeout-s and --max-body-mb must be > 0', file=sys.stderr)
+        return 2
+    config = ServerConfig(max_batch=args.max_batch, queue_size=args.queue_size,
+                          request_timeout_s=args.request_timeout_s,
+                          max_body_bytes=int(args.max_body_mb * 2 ** 20),
+                          max_image_pixels=args.max_image_pixels,
+                          unnorm_key_default=args.unnorm_key_default, token=token)
+
+    import uvicorn
+
+    from openvla_ros.engine import load_policy
+    from openvla_ros.engine.api import OpenVLAError
+
+    options = policy_options(args, max_instruction_chars=config.max_instruction_chars,
+                             self_test=args.self_test, extra_latency_s=args.extra_latency_s)
+    log.info('loading %s (%s, %s, quantization %s)', args.checkpoint, args.dtype, args.device,
+             args.quantization)
+    try:
+        policy = load_policy(args.checkpoint, options)
+    except (OpenVLAError, OSError, ValueError) as exc:
+        print(f'openvla-serve: cannot load {args.checkpoint}: {exc}', file=sys.stderr)
+        return 1
+    try:
+        app = create_app(policy, config)
+    except OpenVLAError as exc:
+        print(f'openvla-serve: {exc}', file=sys.stderr)
+        policy.close()
+        return 2
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           log_level=args.log_level, log_config=None,
+                                           timeout_graceful_shutdown=5))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass   # uvicorn re-raises SIGINT after its graceful shutdown: a normal stop
+    finally:
+        policy.close()
+    return 0 if server.started else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
