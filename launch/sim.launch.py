@@ -1,0 +1,13 @@
+"""The MuJoCo workcell with the tiny model: openvla.launch.py with sim:=true.
+
+    ros2 launch openvla_ros sim.launch.py model_path:=/tmp/openvla-tiny instruction:="pick up the block"
+"""
+import importlib.util
+from pathlib import Path
+
+
+def generate_launch_description():
+    spec = importlib.util.spec_from_file_location('openvla_launch', Path(__file__).with_name('openvla.launch.py'))
+    main_launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main_launch)
+    return main_launch.generate_launch_description({'sim': 'true'})

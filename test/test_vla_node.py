@@ -1,0 +1,445 @@
+"""vla_node in its own process on a real rclpy graph (loopback DDS) with the tiny checkpoint.
+
+One node process, configured and active from the start, shared by the tests of this module
+(lifecycle, slow-model and QoS tests: test_vla_node_lifecycle.py). ``Harness`` is the test's side
+of the graph and is reused there.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import TwistStamped
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header, String
+from std_srvs.srv import SetBool, Trigger
+
+from conftest import ProcessGroup, spin_until
+from openvla_ros import defaults
+from openvla_ros.imaging import rgb_to_image_fields
+from openvla_ros.msg import EndEffectorDelta, VlaStatus
+from openvla_ros.nodes.common import latched_qos, reliable_qos
+
+pytestmark = pytest.mark.ros
+NODE = f'/{defaults.VLA_NODE}'
+STARTUP_TIMEOUT_S = 90.0   # process start + imports + tiny model load on a busy 2-core machine
+WAIT_S = 20.0
+
+
+def _stamp(t_ns: int) -> Time:
+    return Time(sec=t_ns // 1_000_000_000, nanosec=t_ns % 1_000_000_000)
+
+
+def _ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+def _param_value(v) -> ParameterValue:
+    if isinstance(v, bool):
+        return ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=v)
+    if isinstance(v, int):
+        return ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=v)
+    if isinstance(v, float):
+        return ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=v)
+    return ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=v)
+
+
+class Harness:
+    """The test's side of the graph: publishers, recorders and service clients around vla_node."""
+
+    def __init__(self, camera_reliability=ReliabilityPolicy.RELIABLE):
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node('vla_node_test_harness', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        n = self.node
+        self.image_pub = n.create_publisher(Image, defaults.CAMERA_TOPIC,
+                                            QoSProfile(depth=10, reliability=camera_reliability))
+        self.instruction_pub = n.create_publisher(String, defaults.INSTRUCTION_TOPIC, reliable_qos())
+        self.clock_pub = n.create_publisher(Clock, defaults.CLOCK_TOPIC, 10)
+        self.actions: list[tuple[float, EndEffectorDelta]] = []    # (receive time.monotonic, msg)
+        self.twists: list[TwistStamped] = []
+        self.statuses: list[VlaStatus] = []
+        self.diagnostics: list[DiagnosticArray] = []
+        self.debug_images: list[Image] = []
+        n.create_subscription(EndEffectorDelta, defaults.ACTION_TOPIC,
+                              lambda m: self.actions.append((time.monotonic(), m)), 100)
+        n.create_subscription(TwistStamped, defaults.ACTION_TWIST_TOPIC, self.twists.append, 100)
+        n.create_subscription(VlaStatus, defaults.VLA_STATUS_TOPIC, self.statuses.append, latched_qos())
+        n.create_subscription(DiagnosticArray, defaults.DIAGNOSTICS_TOPIC, self.diagnostics.append, 10)
+        n.create_subscription(Image, f'{NODE}/debug_image', self.debug_images.append, 10)
+        self.change_state = n.create_client(ChangeState, f'{NODE}/change_state')
+        self.get_state = n.create_client(GetState, f'{NODE}/get_state')
+        self.enable = n.create_client(SetBool, f'{NODE}/enable')
+        self.reset = n.create_client(Trigger, f'{NODE}/reset')
+        self.set_params = n.create_client(SetParameters, f'{NODE}/set_parameters')
+        self.get_params = n.create_client(GetParameters, f'{NODE}/get_parameters')
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+    # ---- waiting, calling, publishing
+    def spin(self, seconds: float):
+        spin_until(self.executor, lambda: False, seconds)
+
+    def wait(self, predicate, timeout_s: float = WAIT_S) -> bool:
+        return spin_until(self.executor, predicate, timeout_s)
+
+    def call(self, client, request, timeout_s: float = 60.0):
+        assert client.wait_for_service(timeout_sec=timeout_s), client.srv_name
+        future = client.call_async(request)
+        assert self.wait(future.done, timeout_s), f'no answer from {client.srv_name}'
+        return future.result()
+
+    def set_param(self, name: str, value):
+        req = SetParameters.Request(parameters=[ParameterMsg(name=name, value=_param_value(value))])
+        return self.call(self.set_params, req).results[0]
+
+    def get_param(self, name: str):
+        v = self.call(self.get_params, GetParameters.Request(names=[name])).values[0]
+        return {ParameterType.PARAMETER_BOOL: v.bool_value, ParameterType.PARAMETER_INTEGER: v.integer_value,
+                ParameterType.PARAMETER_DOUBLE: v.double_value,
+                ParameterType.PARAMETER_STRING: v.string_value}[v.type]
+
+    def lifecycle_state(self) -> int:
+        return self.call(self.get_state, GetState.Request()).current_state.id
+
+    def transition(self, transition_id: int) -> bool:
+        return self.call(self.change_state, ChangeState.Request(transition=Transition(id=transition_id))).success
+
+    def instruct(self, text: str):
+        self.instruction_pub.publish(String(data=text))
+
+    def now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def publish_image(self, rgb: np.ndarray, stamp_ns: int | None = None, as_encoding: str = 'rgb8',
+                      **override) -> int:
+        """Publish ``rgb`` converted to ``as_encoding``; ``override`` replaces message fields."""
+        stamp_ns = self.now_ns() if stamp_ns is None else stamp_ns
+        fields = rgb_to_image_fields(rgb, as_encoding)
+        fields.update(override)
+        self.image_pub.publish(Image(header=Header(stamp=_stamp(stamp_ns), frame_id='camera'), **fields))
+        return stamp_ns
+
+    def stream(self, images, rate_hz: float, until, timeout_s: float = WAIT_S) -> dict[int, np.ndarray]:
+        """Publish ``images`` (cycled) at ``rate_hz`` until ``until()``; return {stamp: image}."""
+        sent = {}
+        period = 1.0 / rate_hz
+        deadline = time.monotonic() + timeout_s
+        i = 0
+        next_t = time.monotonic()
+        while time.monotonic() < deadline and not until():
+            if time.monotonic() >= next_t:
+                rgb = images[i % len(images)]
+                sent[self.publish_image(rgb)] = rgb
+                i += 1
+                next_t += period
+            self.executor.spin_once(timeout_sec=max(0.0, min(period, next_t - time.monotonic())))
+        return sent
+
+    def latest_status(self) -> VlaStatus | None:
+        return self.statuses[-1] if self.statuses else None
+
+    def wait_status(self, predicate, timeout_s: float = WAIT_S) -> VlaStatus:
+        ok = self.wait(lambda: self.statuses and predicate(self.statuses[-1]), timeout_s)
+        assert ok, f'status never matched; last: {self.latest_status()}'
+        return self.statuses[-1]
+
+    def wait_subscribed(self, publisher, timeout_s: float = STARTUP_TIMEOUT_S):
+        assert self.wait(lambda: publisher.get_subscription_count() > 0, timeout_s), publisher.topic_name
+
+
+def _scenes(n: int, h: int = 96, w: int = 128, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def _start_node(tmp_path_factory, name, *params):
+    group = ProcessGroup(tmp_path_factory.mktemp(name))
+    args = ['--ros-args']
+    for p in params:
+        args += ['-p', p]
+    group.start('openvla_ros.nodes.vla_node', *args, name=name)
+    return group
+
+
+def test_debug_image_rendering_draws_on_the_model_input():
+    from openvla_ros.nodes import vla_debug_image
+
+    rgb = _scenes(1, 96, 128, seed=9)[0]
+    base = vla_debug_image.model_input_view(rgb)
+    left = vla_debug_image.render(rgb, 'pick up the block', [0.0, 0.03, 0.0], 1.0)
+    right = vla_debug_image.render(rgb, 'pick up the block', [0.0, -0.03, 0.0], 0.0)
+    assert base.shape == left.shape == (224, 224, 3) and left.dtype == np.uint8
+    changed = np.any(left != base, axis=2)
+    assert changed[:16].any() and changed[-16:].any()          # instruction and gripper bands
+    # +y (left in the base frame) draws the arrow left of the centre, -y right of it.
+    c = 112
+    assert changed[c - 4:c + 4, 20:c - 10].any() and not np.any(left != right, axis=2)[c - 4:c + 4, 20:c - 10].all()
+    assert np.any(right != base, axis=2)[c - 4:c + 4, c + 10:-20].any()
+
+
+# =====================================================================================
+# Node A: configured and active from the start
+# =====================================================================================
+@pytest.fixture(scope='module')
+def node_a(tmp_path_factory, tiny_checkpoint):
+    group = _start_node(tmp_path_factory, 'vla_node_a', f'model_path:={tiny_checkpoint}',
+                        'publish_twist:=true', 'control_period_s:=0.2', 'max_image_age_s:=2.0')
+    harness = Harness()
+    try:
+        running = harness.wait(lambda: harness.statuses and harness.statuses[-1].state == VlaStatus.STATE_IDLE,
+                               STARTUP_TIMEOUT_S)
+        assert running, 'vla_node did not come up:\n' + group.log('vla_node_a')
+        harness.wait_subscribed(harness.image_pub)
+        harness.wait_subscribed(harness.instruction_pub)
+        yield harness, group
+    finally:
+        harness.close()
+        codes = group.stop()
+        assert codes['vla_node_a'] == 0, group.log('vla_node_a')
+
+
+@pytest.fixture(scope='module')
+def local_policy(tiny_checkpoint):
+    from openvla_ros.engine import PolicyOptions, load_policy
+
+    policy = load_policy(tiny_checkpoint, PolicyOptions(self_test=False))
+    yield policy
+    policy.close()
+
+
+def _reset(h: Harness):
+    assert h.call(h.reset, Trigger.Request()).success
+    h.wait_status(lambda s: s.actions_published == 0 and s.instruction == '')
+    h.actions.clear()
+    h.twists.clear()
+
+
+def test_actions_match_the_engine_and_carry_the_image_stamp(node_a, local_policy):
+    h, _ = node_a
+    _reset(h)
+    h.instruct('pick up the red block')
+    h.wait_status(lambda s: s.instruction == 'pick up the red block')
+    scenes = _scenes(6)
+    sent = h.stream(scenes, 30.0, until=lambda: len(h.actions) >= 4 and h.statuses[-1].actions_published >= 4)
+    assert len(h.actions) >= 4
+    s = h.latest_status()
+    assert s.state == VlaStatus.STATE_RUNNING and s.latency_p50_s > 0 and s.inference_rate_hz > 0
+    assert s.model_id == local_policy.model_id and s.backend == 'local' and s.device == 'cpu'
+    sequences = []
+    for _, msg in h.actions:
+        stamp = _ns(msg.header.stamp)
+        assert stamp in sent, 'action stamped with an image that was never published'
+        expected = local_policy.predict(sent[stamp], 'pick up the red block', defaults.DEFAULT_UNNORM_KEY)
+        assert list(msg.action_token_ids) == [int(t) for t in expected.action_token_ids]
+        np.testing.assert_array_equal(np.array(msg.action), expected.action)
+        np.testing.assert_array_equal(np.array(msg.normalized_action), expected.normalized_action)
+        assert (msg.translation.x, msg.translation.y, msg.translation.z) == tuple(expected.action[0:3])
+        assert (msg.rotation.x, msg.rotation.y, msg.rotation.z) == tuple(expected.action[3:6])
+        assert msg.gripper == expected.action[6]
+        assert msg.header.frame_id == 'wx250s/base_link'
+        assert msg.instruction == 'pick up the red block'
+        assert msg.unnorm_key == defaults.DEFAULT_UNNORM_KEY
+        assert msg.model_id == local_policy.model_id
+        assert msg.inference_latency_s > 0 and 0 <= msg.image_age_s < 2.0
+        sequences.append(msg.sequence)
+    assert sequences == list(range(sequences[0], sequences[0] + len(sequences)))
+    # The twist is the same delta spread over control_period_s.
+    assert h.wait(lambda: len(h.twists) >= len(h.actions) - 1)
+    by_stamp = {_ns(m.header.stamp): m for _, m in h.actions}
+    for tw in h.twists:
+        a = by_stamp.get(_ns(tw.header.stamp))
+        if a is not None:
+            assert tw.twist.linear.x == pytest.approx(a.translation.x / 0.2)
+            assert tw.twist.angular.z == pytest.approx(a.rotation.z / 0.2)
+
+
+def test_debug_image_shows_the_model_input(node_a):
+    h, _ = node_a
+    assert h.wait(lambda: h.node.count_publishers(f'{NODE}/debug_image') > 0)
+    h.instruct('open the drawer')
+    h.wait_status(lambda s: s.instruction == 'open the drawer')
+    h.debug_images.clear()
+    h.actions.clear()
+    sent = h.stream(_scenes(3, seed=1), 30.0, until=lambda: len(h.debug_images) >= 2)
+    assert h.debug_images, f'no debug image ({len(h.actions)} actions meanwhile; {h.latest_status()})'
+    img = h.debug_images[-1]
+    assert (img.width, img.height, img.encoding) == (224, 224, 'rgb8')
+    assert _ns(img.header.stamp) in sent and img.header.frame_id == 'camera'
+
+
+def test_every_supported_encoding_gives_an_action(node_a):
+    h, _ = node_a
+    h.instruct('push the button')
+    rgb = _scenes(1, 40, 50, seed=2)[0]
+    for encoding in ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'rgb16', 'mono16'):
+        fields = rgb_to_image_fields(rgb, encoding)
+        # Row padding and big-endian 16-bit data must be honoured too.
+        pad = 8
+        data = np.frombuffer(fields['data'], np.uint8).reshape(fields['height'], fields['step'])
+        if encoding.endswith('16'):
+            data = data.reshape(fields['height'], -1, 2)[:, :, ::-1].reshape(fields['height'], -1)
+        padded = np.concatenate([data, np.zeros((fields['height'], pad), np.uint8)], axis=1)
+        stamp = h.publish_image(rgb, as_encoding=encoding, step=fields['step'] + pad, data=padded.tobytes(),
+                                is_bigendian=int(encoding.endswith('16')))
+        assert h.wait(lambda: any(_ns(m.header.stamp) == stamp for _, m in h.actions)), encoding
+
+
+@pytest.mark.parametrize('case', ['unknown_encoding', 'step_too_small', 'truncated', 'empty'])
+def test_bad_images_are_rejected_and_counted(node_a, case):
+    h, _ = node_a
+    h.instruct('push the button')
+    before = h.wait_status(lambda s: True).frames_rejected
+    rgb = _scenes(1, 20, 30, seed=3)[0]
+    override = {
+        'unknown_encoding': dict(encoding='yuv422'),
+        'step_too_small': dict(step=30 * 3 - 1),
+        'truncated': dict(data=rgb.tobytes()[:-100]),
+        'empty': dict(height=0, width=0, step=0, data=b''),
+    }[case]
+    stamp = h.publish_image(rgb, **override)
+    h.wait_status(lambda s: s.frames_rejected == before + 1)
+    h.spin(0.3)
+    assert not any(_ns(m.header.stamp) == stamp for _, m in h.actions)
+
+
+def test_instructions_replace_clear_and_oversize_is_rejected(node_a):
+    h, _ = node_a
+    h.instruct('first task')
+    h.wait_status(lambda s: s.instruction == 'first task')
+    h.instruct('second task')
+    h.wait_status(lambda s: s.instruction == 'second task')
+    h.instruct('x' * (defaults.MAX_INSTRUCTION_CHARS + 1))
+    s = h.wait_status(lambda s: 'rejected' in s.message)
+    assert s.instruction == 'second task' and str(defaults.MAX_INSTRUCTION_CHARS) in s.message
+    assert h.get_param('instruction') == 'second task'
+    h.actions.clear()
+    h.stream(_scenes(2, seed=4), 30.0, until=lambda: len(h.actions) >= 1)
+    assert h.actions[-1][1].instruction == 'second task'
+    h.instruct('')
+    s = h.wait_status(lambda s: s.instruction == '' and s.state == VlaStatus.STATE_IDLE)
+    assert 'no instruction' in s.message
+    h.spin(0.3)
+    h.actions.clear()
+    h.stream(_scenes(2, seed=4), 30.0, until=lambda: False, timeout_s=1.0)
+    assert h.actions == [], 'acted without an instruction'
+    diag = h.wait(lambda: any(st.name.endswith('instruction') and any(
+        kv.key == 'instructions_rejected' and int(kv.value) >= 1 for kv in st.values)
+        for d in h.diagnostics for st in d.status), 5.0)
+    assert diag
+
+
+def test_enable_pauses_and_reset_clears(node_a):
+    h, _ = node_a
+    h.instruct('stack the cups')
+    r = h.call(h.enable, SetBool.Request(data=False))
+    assert r.success
+    h.wait_status(lambda s: s.state == VlaStatus.STATE_PAUSED)
+    assert h.get_param('enabled') is False
+    h.spin(0.3)
+    h.actions.clear()
+    h.stream(_scenes(2, seed=5), 30.0, until=lambda: False, timeout_s=1.0)
+    assert h.actions == [], 'acted while paused'
+    assert h.call(h.enable, SetBool.Request(data=True)).success
+    h.stream(_scenes(2, seed=5), 30.0, until=lambda: len(h.actions) >= 1)
+    assert h.actions and h.actions[-1][1].instruction == 'stack the cups'
+    r = h.call(h.reset, Trigger.Request())
+    assert r.success
+    s = h.wait_status(lambda s: s.instruction == '' and s.actions_published == 0)
+    assert s.frames_received == 0 and s.inference_errors == 0
+
+
+def test_parameters_validated_and_load_time_ones_fixed(node_a):
+    h, _ = node_a
+    assert h.set_param('max_rate_hz', 5.0).successful
+    assert h.get_param('max_rate_hz') == 5.0
+    assert h.set_param('max_rate_hz', 0.0).successful
+    r = h.set_param('max_rate_hz', -1.0)
+    assert not r.successful
+    r = h.set_param('max_image_age_s', 120.0)
+    assert not r.successful
+    for name, value in (('dtype', 'bfloat16'), ('unnorm_key', 'tiny_all_masked'), ('model_path', '/elsewhere')):
+        r = h.set_param(name, value)
+        assert not r.successful and 'fixed while the model is loaded' in r.reason, (name, r.reason)
+    r = h.set_param('instruction', 'y' * (defaults.MAX_INSTRUCTION_CHARS + 1))
+    assert not r.successful and 'characters' in r.reason
+    assert h.set_param('instruction', 'wipe the table').successful
+    h.wait_status(lambda s: s.instruction == 'wipe the table')
+
+
+def test_model_error_mid_run_is_reported_and_the_node_recovers(node_a):
+    h, _ = node_a
+    h.instruct('close the drawer')
+    before = h.wait_status(lambda s: True).inference_errors
+    h.spin(0.5)
+    # 4100 pixels wide: the converter accepts it (pixel count), the engine refuses the side length.
+    wide = np.full((2, 4100, 3), 127, np.uint8)
+    stamp = h.publish_image(wide)
+    s = h.wait_status(lambda s: s.state == VlaStatus.STATE_ERROR)
+    assert s.inference_errors == before + 1 and 'InvalidImageError' in s.message
+    assert not any(_ns(m.header.stamp) == stamp for _, m in h.actions)
+    assert h.wait(lambda: any(st.level == b'\x02' and st.name.endswith('inference')
+                              for d in h.diagnostics[-3:] for st in d.status), 5.0)
+    h.actions.clear()
+    h.stream(_scenes(2, seed=6), 30.0, until=lambda: len(h.actions) >= 1)
+    h.wait_status(lambda s: s.state == VlaStatus.STATE_RUNNING)
+
+
+def test_diagnostics_report_model_rates_and_frames(node_a):
+    h, _ = node_a
+    h.diagnostics.clear()
+    assert h.wait(lambda: len(h.diagnostics) >= 1, 5.0)
+    statuses = {st.name: st for st in h.diagnostics[-1].status}
+    assert set(statuses) == {f'{defaults.VLA_NODE}: {c}' for c in ('model', 'inference', 'camera', 'instruction')}
+    for st in statuses.values():
+        assert st.hardware_id == defaults.VLA_NODE
+    keys = {kv.key for kv in statuses[f'{defaults.VLA_NODE}: inference'].values}
+    assert {'rate_hz', 'latency_p50_s', 'latency_p95_s', 'inference_errors'} <= keys
+    keys = {kv.key for kv in statuses[f'{defaults.VLA_NODE}: camera'].values}
+    assert {'last_image_age_s', 'frames_dropped', 'frames_stale', 'frames_rejected'} <= keys
+    model = {kv.key: kv.value for kv in statuses[f'{defaults.VLA_NODE}: model'].values}
+    assert model['device'] == 'cpu' and model['unnorm_key'] == defaults.DEFAULT_UNNORM_KEY
+
+
+def test_sim_time_ages_and_stamps(node_a):
+    h, _ = node_a
+    h.instruct('fold the cloth')
+    assert h.set_param('use_sim_time', True).successful
+    try:
+        sim_ns = 1_000 * 1_000_000_000
+        # /clock is volatile: keep publishing it (frozen at sim_ns) while the node subscribes.
+        clock_timer = h.node.create_timer(0.05, lambda: h.clock_pub.publish(Clock(clock=_stamp(sim_ns))))
+        s = h.wait_status(lambda s: abs(_ns(s.header.stamp) - sim_ns) < 1_000_000_000)
+        h.actions.clear()
+        before_stale = s.frames_stale
+        rgb = _scenes(1, seed=7)[0]
+        # Stamped in sim time, 0.25 s before the sim clock: fresh.
+        stamp = h.publish_image(rgb, stamp_ns=sim_ns - 250_000_000)
+        assert h.wait(lambda: any(_ns(m.header.stamp) == stamp for _, m in h.actions))
+        msg = [m for _, m in h.actions if _ns(m.header.stamp) == stamp][0]
+        assert msg.image_age_s == pytest.approx(0.25, abs=1e-6)
+        # Stamped with wall time: far from the sim clock, so never acted on.
+        wall = h.publish_image(rgb, stamp_ns=time.time_ns())
+        h.wait_status(lambda s: s.frames_stale == before_stale + 1)
+        assert not any(_ns(m.header.stamp) == wall for _, m in h.actions)
+    finally:
+        assert h.set_param('use_sim_time', False).successful
+        h.node.destroy_timer(clock_timer)
