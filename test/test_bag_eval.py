@@ -217,7 +217,7 @@ def test_play_skips_types_not_importable_here(tmp_path):
 
 def test_reading_writing_and_eval_do_not_import_rclpy():
     code = ('import sys; import openvla_ros.bag.cli, openvla_ros.bag.storage, openvla_ros.bag.evaluate, '
-            'openvla_ros.bag.report, openvla_ros.bag.actions; '
+            'openvla_ros.bag.report, openvla_ros.action_message; '
             'openvla_ros.bag.cli.build_parser(); openvla_ros.bag.storage.project_typestore(); '
             'bad = [m for m in sys.modules if m.split(".")[0] in ("rclpy", "rosidl_runtime_py")]; '
             'assert not bad, bad')

@@ -105,7 +105,7 @@ def test_record_round_trip_readable_by_rosbags_and_mcap_ros2(tmp_path, graph, pr
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from openvla_ros.bag.actions import fill_message, prediction_to_delta_fields
+    from openvla_ros.action_message import fill_message, prediction_to_delta_fields
     from openvla_ros.bag.storage import BagSource, project_typestore
     from openvla_ros.engine.api import PredictionResult
     from openvla_ros.imaging import rgb_to_image_fields

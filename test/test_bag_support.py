@@ -105,12 +105,12 @@ def _reference_cdr(store, reference_type: str, stamp_ns: int, vec, tokens) -> by
         Arr, Layout = T['std_msgs/msg/Float64MultiArray'], T['std_msgs/msg/MultiArrayLayout']
         return store.serialize_cdr(Arr(layout=Layout(dim=[], data_offset=0), data=vec),
                                    'std_msgs/msg/Float64MultiArray')
-    from openvla_ros.bag.actions import delta_fields_to_rosbags
+    from openvla_ros.action_message import delta_fields_to_rosbags
     from openvla_ros.engine.api import PredictionResult
 
     result = PredictionResult(action=vec, normalized_action=np.zeros_like(vec),
                               action_token_ids=np.asarray(tokens if tokens is not None else [], np.int64),
                               unnorm_key='bridge_orig', timings={'total': 0.01})
-    from openvla_ros.bag.actions import prediction_to_delta_fields
+    from openvla_ros.action_message import prediction_to_delta_fields
     fields = prediction_to_delta_fields(result, 'recorded', stamp_ns, 'base_link', 'recorded')
     return store.serialize_cdr(delta_fields_to_rosbags(fields, store), 'openvla_ros/msg/EndEffectorDelta')

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from openvla_ros import defaults
-from openvla_ros.bag.actions import (ENDEFFECTOR_DELTA_TYPE, GRIPPER_INDEX, delta_action_vector,
+from openvla_ros.action_message import (ENDEFFECTOR_DELTA_TYPE, GRIPPER_INDEX, delta_action_vector,
                                      delta_fields_to_rosbags, dim_names, prediction_to_delta_fields)
 from openvla_ros.bag.storage import (BagError, BagSource, open_writer, prepare_output, project_typestore,
                                      stamp_to_ns)

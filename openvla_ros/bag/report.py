@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from openvla_ros.bag.actions import dim_names
+from openvla_ros.action_message import dim_names
 
 ACTIONS_PLOT = 'actions.png'
 ERROR_PLOT = 'error.png'

@@ -175,12 +175,21 @@ def run_lifecycle_node(node_factory: Callable[[], object], args=None,
 
 def _shutdown_lifecycle(node) -> None:
     """Walk the node down (active → inactive → unconfigured → finalized) so its deactivate and
-    cleanup callbacks run; transitions that do not apply to the current state are skipped."""
-    for step in ('trigger_deactivate', 'trigger_cleanup', 'trigger_shutdown'):
+    cleanup callbacks run; only the transitions valid from the current state are triggered."""
+    label = lifecycle_state_label(node)
+    steps = {'active': ('trigger_deactivate', 'trigger_cleanup', 'trigger_shutdown'),
+             'inactive': ('trigger_cleanup', 'trigger_shutdown'),
+             'unconfigured': ('trigger_shutdown',)}.get(label, ())
+    for step in steps:
         try:
             getattr(node, step)()
-        except Exception:  # rclpy raises for a transition invalid in the current state
-            pass
+        except Exception as exc:  # keep walking down: the process is exiting anyway
+            node.get_logger().warning(f'{step} during shutdown: {exc!r}')
+
+
+def lifecycle_state_label(node) -> str:
+    """'unconfigured' | 'inactive' | 'active' | 'finalized' (the rclpy state machine, Humble+)."""
+    return str(node._state_machine.current_state[1])
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, step_s: float = 0.01) -> bool:

@@ -45,14 +45,14 @@ except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
 
 from openvla_ros import defaults
+from openvla_ros.action_message import MIN_ACTION_DIM as BRIDGE_ACTION_DIM
+from openvla_ros.action_message import fill_message, prediction_to_delta_fields
 from openvla_ros.engine.api import OpenVLAError
 from openvla_ros.imaging import ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_fields
 from openvla_ros.msg import EndEffectorDelta, VlaStatus
 from openvla_ros.nodes import common
 from openvla_ros.nodes import vla_backend, vla_params
 
-# EndEffectorDelta carries [dx, dy, dz, droll, dpitch, dyaw, gripper]: every openvla-7b dataset.
-ACTION_DIM = 7
 STATS_WINDOW_S = 10.0
 # RUNNING turns back into IDLE when no action was published for this long.
 IDLE_AFTER_S = 2.0
@@ -241,9 +241,9 @@ class VlaNode(LifecycleNode):
             return f'cannot list unnorm keys: {exc}'
         if key not in keys:
             return f'unnorm_key {key!r} is not in the checkpoint; available: {", ".join(sorted(keys))}'
-        if int(keys[key]) != ACTION_DIM:
+        if int(keys[key]) != BRIDGE_ACTION_DIM:
             return (f'unnorm_key {key!r} has {keys[key]}-dimensional actions; EndEffectorDelta needs '
-                    f'{ACTION_DIM} ([dx, dy, dz, droll, dpitch, dyaw, gripper])')
+                    f'{BRIDGE_ACTION_DIM} ([dx, dy, dz, droll, dpitch, dyaw, gripper])')
         return ''
 
     def _create_io(self) -> None:
@@ -428,34 +428,24 @@ class VlaNode(LifecycleNode):
         t0 = time.perf_counter()
         try:
             result = self._policy.predict(frame.rgb, instruction, unnorm_key)
-            action, normalized, tokens = self._validated(result)
+            latency_s = time.perf_counter() - t0
+            fields = prediction_to_delta_fields(result, instruction, frame.stamp_ns, self._p['base_frame_id'],
+                                                self._model_id, image_age_s=age_s)
         except Exception as exc:  # the node must keep serving: report and retry on the next frame
             self._report_error(exc)
             return
-        latency_s = time.perf_counter() - t0
         with self._cond:
             if not (self._active and self._p['enabled'] and self._instruction == instruction):
                 self._last_event = 'prediction discarded: paused, deactivated or instruction changed meanwhile'
                 return
-            seq = self._sequence
+            fields['sequence'] = self._sequence
             self._sequence += 1
             self._counters['actions_published'] += 1
             self._error = ''
-        msg = EndEffectorDelta()
-        msg.header.stamp = frame.header.stamp
-        msg.header.frame_id = self._p['base_frame_id']
-        msg.action = action.tolist()
-        msg.translation.x, msg.translation.y, msg.translation.z = (float(v) for v in action[0:3])
-        msg.rotation.x, msg.rotation.y, msg.rotation.z = (float(v) for v in action[3:6])
-        msg.gripper = float(action[6])
-        msg.normalized_action = normalized.tolist()
-        msg.action_token_ids = [int(t) for t in tokens]
-        msg.instruction = instruction
-        msg.unnorm_key = str(result.unnorm_key or unnorm_key)
-        msg.model_id = self._model_id
-        msg.inference_latency_s = latency_s
-        msg.image_age_s = age_s
-        msg.sequence = seq
+        # The node's own wall time of the policy call (for the remote backend: the round trip).
+        fields['inference_latency_s'] = latency_s
+        msg = fill_message(EndEffectorDelta(), fields)
+        action = np.asarray(fields['action'])
         self._action_pub.publish(msg)
         if self._twist_pub is not None:
             self._twist_pub.publish(self._twist(msg))
@@ -466,20 +456,6 @@ class VlaNode(LifecycleNode):
         if self._p['publish_debug_image'] and self._debug_pub.get_subscription_count() > 0:
             self._publish_debug_image(frame, instruction, action)
         self._publish_status()
-
-    def _validated(self, result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from openvla_ros.engine.api import InvalidModelOutputError
-
-        action = np.asarray(result.action, dtype=np.float64).reshape(-1)
-        normalized = np.asarray(result.normalized_action, dtype=np.float64).reshape(-1)
-        tokens = np.asarray(result.action_token_ids).reshape(-1)
-        if action.shape != (ACTION_DIM,) or normalized.shape != (ACTION_DIM,) or tokens.shape != (ACTION_DIM,):
-            raise InvalidModelOutputError(
-                f'action has shape {action.shape} (normalized {normalized.shape}, tokens {tokens.shape}); '
-                f'expected ({ACTION_DIM},)')
-        if not (np.isfinite(action).all() and np.isfinite(normalized).all()):
-            raise InvalidModelOutputError(f'action is not finite: {action.tolist()}')
-        return action, normalized, tokens
 
     def _report_error(self, exc: Exception) -> None:
         with self._cond:

@@ -1,4 +1,4 @@
-"""PredictionResult <-> ``openvla_ros/EndEffectorDelta``, ROS-free.
+"""PredictionResult <-> ``openvla_ros/EndEffectorDelta``, ROS-free (works on rclpy and rosbags messages).
 
 :func:`prediction_to_delta_fields` is the one definition of how a policy prediction fills an
 EndEffectorDelta; vla_node (rclpy messages, through :func:`fill_message`) and the offline
@@ -11,7 +11,6 @@ import math
 
 import numpy as np
 
-from openvla_ros.bag.storage import ns_to_sec_nanosec
 from openvla_ros.engine.api import InvalidModelOutputError, PredictionResult
 
 ENDEFFECTOR_DELTA_TYPE = 'openvla_ros/msg/EndEffectorDelta'
@@ -37,13 +36,19 @@ def prediction_to_delta_fields(result: PredictionResult, instruction: str, stamp
     dimensions, NaN or infinite values).
     """
     action = np.asarray(result.action, dtype=np.float64).reshape(-1)
+    normalized = np.asarray(result.normalized_action, dtype=np.float64).reshape(-1)
+    tokens = np.asarray(result.action_token_ids).reshape(-1)
     if action.size < MIN_ACTION_DIM:
         raise InvalidModelOutputError(
             f'action has {action.size} dimensions; an end-effector delta needs at least {MIN_ACTION_DIM}')
-    if not np.all(np.isfinite(action)):
+    if normalized.size != action.size or tokens.size != action.size:
+        raise InvalidModelOutputError(
+            f'action has {action.size} dimensions but {normalized.size} normalized values and '
+            f'{tokens.size} tokens')
+    if not (np.all(np.isfinite(action)) and np.all(np.isfinite(normalized))):
         raise InvalidModelOutputError(f'action contains non-finite values: {action.tolist()}')
     latency = float(result.timings.get('total', 0.0))
-    sec, nanosec = ns_to_sec_nanosec(stamp_ns)
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
     t, r = action[TRANSLATION_SLICE], action[ROTATION_SLICE]
     return {
         'header': {'stamp': {'sec': sec, 'nanosec': nanosec}, 'frame_id': str(frame_id)},
@@ -51,8 +56,8 @@ def prediction_to_delta_fields(result: PredictionResult, instruction: str, stamp
         'translation': {'x': float(t[0]), 'y': float(t[1]), 'z': float(t[2])},
         'rotation': {'x': float(r[0]), 'y': float(r[1]), 'z': float(r[2])},
         'gripper': float(action[GRIPPER_INDEX]),
-        'normalized_action': [float(v) for v in np.asarray(result.normalized_action, np.float64).reshape(-1)],
-        'action_token_ids': [int(v) for v in np.asarray(result.action_token_ids).reshape(-1)],
+        'normalized_action': [float(v) for v in normalized],
+        'action_token_ids': [int(v) for v in tokens],
         'instruction': str(instruction),
         'unnorm_key': str(result.unnorm_key),
         'model_id': str(model_id),
