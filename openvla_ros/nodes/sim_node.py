@@ -1,0 +1,272 @@
+"""sim_node: the MuJoCo WidowX 250s workcell as a ROS 2 node.
+
+Publishes the over-the-shoulder camera (sensor_msgs/Image rgb8), /joint_states and /clock (so the
+rest of the graph can run with use_sim_time), follows trajectory_msgs/JointTrajectory on the arm
+controller's topic like a joint_trajectory_controller, and offers ``~/reset`` (std_srvs/Trigger).
+
+A trajectory starts when it arrives (its header stamp is not used: a sender on wall time and a
+simulator on sim time would otherwise disagree about "when"); an empty one stops the active one.
+A trajectory naming an unknown joint is rejected as a whole and the current command is kept.
+
+Timing: one wall-clock timer ticks at ``clock_rate_hz``; each tick advances physics to where the
+real-time factor says sim time should be, stopping exactly at the camera and joint-state instants
+to publish them. Rendering (~80 ms at 640x480 on a laptop CPU) therefore delays a tick but not sim
+time: the next tick catches up, and images always show the physics state at their stamp.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+
+import rclpy
+from builtin_interfaces.msg import Time
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from openvla_ros import defaults
+from openvla_ros.imaging import rgb_to_image_fields
+from openvla_ros.nodes.common import reliable_qos
+from openvla_ros.sim import CAMERA_NAME, TrajectoryError, WorkcellSim
+
+# When the node falls further behind real time than this, it gives the backlog up rather than
+# running physics in ever longer bursts (the achieved real-time factor then drops below target).
+MAX_CATCH_UP_S = 0.25
+# Sim time advanced per tick when running as fast as possible (real_time_factor = 0).
+FREE_RUN_CHUNK_S = 0.05
+STATS_LOG_PERIOD_S = 5.0
+WARN_THROTTLE_S = 2.0
+
+
+def _stamp(t_s: float) -> Time:
+    sec = int(math.floor(t_s))
+    return Time(sec=sec, nanosec=min(int(round((t_s - sec) * 1e9)), 999_999_999))
+
+
+class SimNode(Node):
+    def __init__(self):
+        super().__init__(defaults.SIM_NODE)
+        p = self._declare
+        self.real_time_factor = p('real_time_factor', 1.0,
+                                  'sim seconds per wall second; >1 faster than real time, 0 = as fast as possible')
+        self.camera_rate_hz = p('camera_rate_hz', 10.0, 'camera images per sim second (0 = no camera)')
+        self.joint_state_rate_hz = p('joint_state_rate_hz', 50.0, 'joint states per sim second')
+        self.clock_rate_hz = p('clock_rate_hz', 100.0, 'physics ticks and /clock messages per wall second')
+        self.image_width = p('image_width', 640, 'camera image width, pixels')
+        self.image_height = p('image_height', 480, 'camera image height, pixels')
+        self.camera_name = p('camera_name', CAMERA_NAME, 'MJCF camera rendered to the image topic')
+        self.camera_frame_id = p('camera_frame_id', 'over_shoulder_camera', 'frame_id of the images')
+        self.model_path = p('model_path', '', 'MJCF workcell file ("" = the package workcell)')
+        self.start_joint_positions = p(
+            'start_joint_positions', Parameter.Type.DOUBLE_ARRAY, 'start positions of the commandable '
+            'joints in model order (arm joints in rad, then left_finger in m); unset = the home keyframe')
+        self.embodiment = p('embodiment', '', 'embodiment config whose start pose (reached by its IK, gripper '
+                            'open) the arm starts at; "" = the home keyframe; start_joint_positions wins')
+        self.seed = p('seed', -1, 'object randomisation seed for start and ~/reset; -1 = nominal poses')
+
+        for name, value in (('camera_rate_hz', self.camera_rate_hz), ('joint_state_rate_hz', self.joint_state_rate_hz)):
+            if value < 0:
+                raise ValueError(f'{name} must be >= 0, got {value}')
+        if self.clock_rate_hz <= 0 or self.real_time_factor < 0:
+            raise ValueError('clock_rate_hz must be > 0 and real_time_factor >= 0')
+
+        self.sim = WorkcellSim(self.model_path or None, max_image_size=(self.image_width, self.image_height))
+        self._start_positions = (self._parse_start_positions(self.start_joint_positions)
+                                 or self._embodiment_start_positions(self.embodiment))
+        self.sim.reset(seed=self.seed, joint_positions=self._start_positions)
+
+        self.image_pub = self.create_publisher(Image, defaults.CAMERA_TOPIC, reliable_qos(1))
+        self.joint_state_pub = self.create_publisher(JointState, defaults.JOINT_STATES_TOPIC, reliable_qos(10))
+        self.clock_pub = self.create_publisher(Clock, defaults.CLOCK_TOPIC, reliable_qos(1))
+        self.create_subscription(JointTrajectory, defaults.JOINT_TRAJECTORY_TOPIC, self._on_trajectory,
+                                 reliable_qos(10))
+        self.create_service(Trigger, '~/reset', self._on_reset)
+
+        self._next_camera_s = 0.0
+        self._next_joint_state_s = 0.0
+        self._wall_anchor = time.monotonic()
+        self._sim_anchor = self.sim.time_s
+        self._stats_wall = self._wall_anchor
+        self._stats_sim = self.sim.time_s
+        self._images = 0
+        self._render_s = 0.0
+        self._trajectories = 0
+        self._rejected = 0
+        self.create_timer(1.0 / self.clock_rate_hz if self.real_time_factor > 0 else 0.001, self._tick)
+        self.get_logger().info(
+            f'workcell {self.sim.model_path.name}: joints {list(self.sim.joint_names)}, objects '
+            f'{list(self.sim.object_names)}, camera {self.camera_name} {self.image_width}x{self.image_height} '
+            f'@ {self.camera_rate_hz} Hz, real_time_factor {self.real_time_factor}')
+
+    def _declare(self, name, default, description):
+        return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+
+    def _parse_start_positions(self, values) -> dict[str, float] | None:
+        if not values:
+            return None
+        values = list(values)
+        names = self.sim.command_joint_names
+        if len(values) != len(names):
+            raise ValueError(f'start_joint_positions needs {len(names)} values ({list(names)}), got {len(values)}')
+        return dict(zip(names, values))
+
+    def _embodiment_start_positions(self, name: str) -> dict[str, float] | None:
+        if not name:
+            return None
+        from openvla_ros.control.embodiment import load_embodiment
+        from openvla_ros.control.kinematics import ArmKinematics
+
+        emb = load_embodiment(name)
+        home = self.sim.home_positions()
+        ik = ArmKinematics(emb).solve(emb.start_pose, [home[j] for j in emb.arm_joints])
+        if not ik.success:
+            raise ValueError(f'start pose of embodiment {name!r} is not reachable: {ik.reason}')
+        start = dict(zip(emb.arm_joints, ik.joint_positions.tolist()))
+        if emb.gripper is not None:
+            start[emb.gripper.joint] = emb.gripper.open_position_m
+        return start
+
+    # ------------------------------------------------------------------ physics loop
+    def _tick(self) -> None:
+        wall = time.monotonic()
+        if self.real_time_factor > 0:
+            target = self._sim_anchor + self.real_time_factor * (wall - self._wall_anchor)
+            if target - self.sim.time_s > MAX_CATCH_UP_S:
+                target = self.sim.time_s + MAX_CATCH_UP_S
+                self._wall_anchor, self._sim_anchor = wall, target
+        else:
+            target = self.sim.time_s + FREE_RUN_CHUNK_S
+        self._advance_to(target)
+        self._publish_clock()
+        if wall - self._stats_wall >= STATS_LOG_PERIOD_S:
+            self._log_stats(wall)
+
+    def _advance_to(self, target_s: float) -> None:
+        dt = self.sim.timestep_s
+        while True:
+            events = [target_s]
+            if self.camera_rate_hz > 0:
+                events.append(self._next_camera_s)
+            if self.joint_state_rate_hz > 0:
+                events.append(self._next_joint_state_s)
+            step_to = min(events)
+            self.sim.advance_to(step_to)
+            now = self.sim.time_s
+            # Half a physics step of slack: sim time moves in whole steps.
+            if self.joint_state_rate_hz > 0 and now >= self._next_joint_state_s - dt / 2:
+                self._publish_joint_state()
+                self._next_joint_state_s = max(self._next_joint_state_s + 1.0 / self.joint_state_rate_hz, now)
+            if self.camera_rate_hz > 0 and now >= self._next_camera_s - dt / 2:
+                self._publish_clock()
+                self._publish_image()
+                self._next_camera_s = max(self._next_camera_s + 1.0 / self.camera_rate_hz, now)
+            if now >= target_s - dt / 2:
+                return
+
+    def _publish_clock(self) -> None:
+        self.clock_pub.publish(Clock(clock=_stamp(self.sim.time_s)))
+
+    def _publish_joint_state(self) -> None:
+        msg = JointState()
+        msg.header.stamp = _stamp(self.sim.time_s)
+        msg.name = list(self.sim.joint_names)
+        msg.position = self.sim.joint_positions().tolist()
+        msg.velocity = self.sim.joint_velocities().tolist()
+        msg.effort = self.sim.joint_efforts().tolist()
+        self.joint_state_pub.publish(msg)
+
+    def _publish_image(self) -> None:
+        t0 = time.perf_counter()
+        rgb = self.sim.render(self.camera_name, self.image_width, self.image_height)
+        self._render_s += time.perf_counter() - t0
+        msg = Image(**rgb_to_image_fields(rgb, 'rgb8'))
+        msg.header.stamp = _stamp(self.sim.time_s)
+        msg.header.frame_id = self.camera_frame_id
+        self.image_pub.publish(msg)
+        self._images += 1
+
+    def _log_stats(self, wall: float) -> None:
+        wall_dt = wall - self._stats_wall
+        sim_dt = self.sim.time_s - self._stats_sim
+        images = self._images
+        self.get_logger().info(
+            f'sim time {self.sim.time_s:.1f} s, real-time factor {sim_dt / wall_dt:.2f} '
+            f'(target {self.real_time_factor:g}), camera {images / wall_dt:.1f} Hz wall, '
+            f'render {1000 * self._render_s / max(images, 1):.0f} ms/image, '
+            f'trajectories {self._trajectories} (rejected {self._rejected})')
+        self._stats_wall, self._stats_sim = wall, self.sim.time_s
+        self._images, self._render_s = 0, 0.0
+
+    # ------------------------------------------------------------------ commands
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        if not msg.points:
+            self.sim.hold()  # an empty trajectory stops the active one, as in joint_trajectory_controller
+            return
+        points = [(list(pt.positions), pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9)
+                  for pt in msg.points]
+        try:
+            self.sim.follow_trajectory(list(msg.joint_names), points)
+        except TrajectoryError as exc:
+            self._rejected += 1
+            self.get_logger().warn(f'trajectory rejected (holding the current command): {exc}',
+                                   throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        self._trajectories += 1
+
+    def _on_reset(self, request, response):
+        seed = int(self.get_parameter('seed').value)
+        try:
+            self.sim.reset(seed=seed, joint_positions=self._start_positions, time_s=self.sim.time_s)
+        except ValueError as exc:
+            response.success, response.message = False, f'reset failed: {exc}'
+            return response
+        response.success = True
+        response.message = f'workcell reset at sim time {self.sim.time_s:.3f} s ' + (
+            f'with object seed {seed}' if seed >= 0 else 'with nominal object poses')
+        self.get_logger().info(response.message)
+        return response
+
+    def destroy_node(self):
+        self.sim.close()
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node = SimNode()
+    except (ValueError, FileNotFoundError) as exc:
+        rclpy.logging.get_logger(defaults.SIM_NODE).fatal(f'cannot start: {exc}')
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    code = 0
+    try:
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except Exception as exc:  # report, then still shut down cleanly
+        node.get_logger().fatal(f'unhandled error: {exc!r}')
+        code = 1
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

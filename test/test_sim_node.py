@@ -1,0 +1,107 @@
+"""sim_node in its own process over loopback DDS: camera, joint states, clock, trajectories, reset."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import rclpy
+from builtin_interfaces.msg import Duration
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import qos_profile_sensor_data
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from conftest import spin_until
+from openvla_ros import defaults
+from openvla_ros.control.embodiment import load_embodiment
+from openvla_ros.control.kinematics import ArmKinematics
+from openvla_ros.imaging import image_msg_to_rgb
+
+pytestmark = pytest.mark.ros
+
+
+def _t(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def _trajectory(names, positions, t_s) -> JointTrajectory:
+    msg = JointTrajectory(joint_names=list(names))
+    msg.points = [JointTrajectoryPoint(positions=[float(p) for p in positions],
+                                       time_from_start=Duration(sec=int(t_s), nanosec=int((t_s % 1) * 1e9)))]
+    return msg
+
+
+def test_sim_node_publishes_follows_trajectories_resets_and_exits_cleanly(processes, ros_context):
+    processes.start('openvla_ros.nodes.sim_node', '--ros-args', '-p', 'image_width:=160', '-p', 'image_height:=120',
+                    '-p', 'camera_rate_hz:=10.0', '-p', 'joint_state_rate_hz:=50.0', '-p', 'seed:=3',
+                    '-p', 'embodiment:=widowx_250s_bridge')
+    node = rclpy.create_node('sim_probe', context=ros_context)
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(node)
+    images, states, clocks = [], [], []
+    node.create_subscription(Image, defaults.CAMERA_TOPIC, images.append, qos_profile_sensor_data)
+    node.create_subscription(JointState, defaults.JOINT_STATES_TOPIC, states.append, 10)
+    node.create_subscription(Clock, defaults.CLOCK_TOPIC, clocks.append, 10)
+    traj_pub = node.create_publisher(JointTrajectory, defaults.JOINT_TRAJECTORY_TOPIC, 10)
+    reset = node.create_client(Trigger, f'/{defaults.SIM_NODE}/reset')
+    try:
+        assert spin_until(ex, lambda: len(images) >= 3 and len(states) >= 10 and clocks, 30.0), \
+            processes.log('sim_node')
+        img = images[-1]
+        assert (img.width, img.height, img.encoding, img.header.frame_id) == (160, 120, 'rgb8', 'over_shoulder_camera')
+        assert image_msg_to_rgb(img).std() > 20
+        stamps = [_t(m.header.stamp) for m in images]
+        assert all(b > a for a, b in zip(stamps, stamps[1:]))
+        # Sim-time stamps on the camera grid (10 Hz), not wall time.
+        assert stamps[-1] < 1000 and np.allclose(np.array(stamps) * 10, np.round(np.array(stamps) * 10), atol=1e-3)
+        js = states[-1]
+        assert list(js.name) == ['waist', 'shoulder', 'elbow', 'forearm_roll', 'wrist_angle', 'wrist_rotate',
+                                 'left_finger', 'right_finger']
+        assert len(js.position) == len(js.velocity) == 8
+
+        # The arm starts at the embodiment's (Bridge) start pose, gripper open.
+        emb = load_embodiment('widowx_250s_bridge')
+        start = dict(zip(states[0].name, states[0].position))
+        ee = ArmKinematics(emb).forward([start[j] for j in emb.arm_joints])
+        np.testing.assert_allclose(ee.position, emb.start_position_m, atol=0.003)
+        assert start['left_finger'] == pytest.approx(emb.gripper.open_position_m, abs=0.001)
+
+        def joint(name):
+            return dict(zip(states[-1].name, states[-1].position))[name]
+
+        # A trajectory for the arm and the gripper is followed; the other finger mirrors.
+        target = {'waist': 0.4, 'shoulder': -0.6, 'left_finger': 0.035}
+        assert spin_until(ex, lambda: traj_pub.get_subscription_count() > 0, 10.0)
+        traj_pub.publish(_trajectory(target, target.values(), 0.5))
+        assert spin_until(ex, lambda: all(abs(joint(n) - v) < 0.01 for n, v in target.items()), 20.0), \
+            (dict(zip(states[-1].name, states[-1].position)), processes.log('sim_node'))
+        assert joint('right_finger') == pytest.approx(-0.035, abs=0.003)
+
+        # An unknown joint name is rejected (logged) and the arm keeps its command.
+        traj_pub.publish(_trajectory(['waist', 'tail'], [-0.5, 0.0], 0.2))
+        assert spin_until(ex, lambda: 'unknown joint names' in processes.log('sim_node'), 10.0)
+        settle_until = _t(states[-1].header.stamp) + 0.5
+        spin_until(ex, lambda: _t(states[-1].header.stamp) > settle_until, 10.0)
+        assert joint('waist') == pytest.approx(0.4, abs=0.01)
+
+        # ~/reset puts the arm back to the start pose; sim time keeps running forward.
+        assert reset.wait_for_service(timeout_sec=10.0)
+        before = _t(clocks[-1].clock)
+        fut = reset.call_async(Trigger.Request())
+        assert spin_until(ex, fut.done, 10.0)
+        assert fut.result().success, fut.result().message
+        assert 'seed 3' in fut.result().message
+        assert spin_until(ex, lambda: abs(joint('waist') - start['waist']) < 0.01 and _t(clocks[-1].clock) > before, 10.0)
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+    assert processes.stop() == {'sim_node': 0}
+
+
+def test_sim_node_refuses_bad_parameters(processes):
+    proc = processes.start('openvla_ros.nodes.sim_node', '--ros-args', '-p', 'start_joint_positions:=[0.1, 0.2]')
+    assert proc.wait(30) == 2
+    assert 'start_joint_positions needs 7 values' in processes.log('sim_node')
