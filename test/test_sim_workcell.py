@@ -8,14 +8,6 @@ import pytest
 from openvla_ros.sim import CAMERA_NAME, TrajectoryError, TrajectoryFollower, WorkcellSim
 from openvla_ros.sim.trajectory import JointTrajectory
 
-# Mesa's EGL renderer (llvmpipe) and triton (imported by torch._dynamo) each load an LLVM; when
-# triton's comes second the process segfaults. Tests of other files import torch in this same
-# process, so load triton at collection time, before this file creates any GL context.
-try:
-    import triton._C.libtriton  # noqa: F401
-except ImportError:
-    pass
-
 W, H = 320, 240
 
 

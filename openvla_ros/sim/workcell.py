@@ -318,6 +318,7 @@ class WorkcellSim:
     def renderer(self, width: int, height: int) -> mujoco.Renderer:
         key = (int(height), int(width))
         if key not in self._renderers:
+            _load_triton_before_gl()
             self._renderers[key] = mujoco.Renderer(self.model, height=key[0], width=key[1])
         return self._renderers[key]
 
@@ -347,3 +348,15 @@ class WorkcellSim:
 
 __all__ = ['WorkcellSim', 'Pose', 'TrajectoryError', 'default_model_path', 'CAMERA_NAME', 'EE_SITE',
            'HOME_KEYFRAME', 'MIRRORED_JOINTS']
+
+
+def _load_triton_before_gl() -> None:
+    """Mesa's software GL (llvmpipe, used by MUJOCO_GL=egl on CPU) and triton (loaded by torch)
+    each bring their own LLVM; when triton's is loaded second the process segfaults. Loading
+    triton first, when it is installed, makes rendering and a later torch import coexist in one
+    process (the tests, a user's notebook)."""
+    try:
+        import triton._C.libtriton  # noqa: F401
+    except ImportError:
+        pass
+
