@@ -16,7 +16,7 @@ setup(
     name='openvla_ros',
     version='0.1.0',
     packages=find_packages(include=['openvla_ros', 'openvla_ros.*']),
-    package_data={'openvla_ros': ['description/*.xml', 'description/**/*']},
+    package_data={'openvla_ros': ['description/*.xml', 'engine/assets/**/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/openvla_ros']),
         ('share/openvla_ros', ['package.xml']),

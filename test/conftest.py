@@ -101,3 +101,18 @@ def processes(tmp_path):
         yield group
     finally:
         group.stop()
+
+
+# ---- engine tests ----
+@pytest.fixture(scope='module')
+def single_torch_thread():
+    """Run torch on one thread for a module: on a shared 2-core machine two OpenMP threads that
+    wait for each other make the tiny models an order of magnitude slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -10,6 +10,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from openvla_ros.defaults import MAX_INSTRUCTION_CHARS
+
 DTYPES = ('float32', 'bfloat16', 'float16')
 DEVICES = ('cpu', 'cuda')           # 'cuda:N' is accepted as well
 QUANTIZATIONS = ('none', '8bit', '4bit')
@@ -57,9 +59,11 @@ class PolicyOptions:
     prompt_template: str = 'openvla'
     image_pipeline: str = 'processor'
     center_crop: bool = False           # 90%-area centre crop (checkpoints trained with image_aug)
-    max_instruction_chars: int = 1000
+    max_instruction_chars: int = MAX_INSTRUCTION_CHARS
     self_test: bool = False             # check at load that the image changes the logits
     extra_latency_s: float = 0.0        # test hook: sleep this long inside every predict()
+    cpu_threads: int = 0                # >0: torch.set_num_threads(n) at load (process-wide)
+    compile: bool = False               # torch.compile the static-shape decode step (for CUDA)
 
 
 @dataclass
