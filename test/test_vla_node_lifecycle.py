@@ -104,22 +104,31 @@ class TestLifecycleAndSlowModel:
             published.append((time.monotonic(), h.publish_image(scenes[i % 4])))
             i += 1
             spin_until(h.executor, lambda: False, period)
+        # Only actions from this test's frames count: one from a frame taken before the reset may
+        # still arrive.
+        sent = {stamp for _, stamp in published}
+        ours = lambda: [(t, m) for t, m in h.actions if _ns(m.header.stamp) in sent]  # noqa: E731
         # No backlog: at most the frame in flight and the one waiting are still to come.
-        n_at_stop = len(h.actions)
+        n_at_stop = len(ours())
         h.spin(1.5)
-        assert len(h.actions) - n_at_stop <= 2
-        assert len(h.actions) >= 4
-        stamps = [_ns(m.header.stamp) for _, m in h.actions]
+        actions = ours()
+        assert len(actions) - n_at_stop <= 2
+        assert len(actions) >= 4
+        stamps = [_ns(m.header.stamp) for _, m in actions]
         assert stamps == sorted(set(stamps)), 'a frame was used twice or out of order'
-        for t_recv, m in h.actions:
+        for t_recv, m in actions:
             started = t_recv - m.inference_latency_s
             newest = max((s for t, s in published if t <= started), default=None)
             assert newest is not None
             # The frame used is at most a few camera periods older than the newest one sent.
             assert (newest - _ns(m.header.stamp)) * 1e-9 <= 4 * period + 0.1, (newest, m.header.stamp)
-        s = h.wait_status(lambda s: s.frames_received == len(published) and s.actions_published == len(h.actions))
+        # Under CPU load the subscription's keep-last queue (depth 5) can overflow before the callback
+        # runs, so DDS may drop a few frames the node never sees; every frame the node does see
+        # must be accounted for as dropped, stale or used.
+        s = h.wait_status(lambda s: s.actions_published == len(actions)
+                          and s.frames_received == s.frames_dropped + s.frames_stale + s.actions_published)
+        assert len(actions) < s.frames_received <= len(published)
         assert s.frames_dropped > 0 and s.frames_rejected == 0 and s.inference_errors == 0
-        assert s.frames_received == s.frames_dropped + s.frames_stale + s.actions_published
         assert s.latency_p50_s >= 0.3
 
     def test_qos_mismatch_is_reported(self, node_b):
