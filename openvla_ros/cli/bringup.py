@@ -81,22 +81,29 @@ def run(cmds: list[tuple[str, list[str]]], env: dict) -> int:
                 with lock:
                     print(f'[bringup] {name} exited with code {proc.returncode}', flush=True)
         stop.wait(0.2)
-    codes = {}
-    for name, proc in procs:
+    codes = stop_processes(procs)
+    for t in pumps:
+        t.join(timeout=2)
+    with lock:
+        print('[bringup] stopped: ' + ', '.join(f'{n}={c}' for n, c in codes.items()), flush=True)
+    return 0 if all(c == 0 for c in codes.values()) else 1
+
+
+def stop_processes(procs: list[tuple[str, subprocess.Popen]], timeout_s: float = STOP_GRACE_S) -> dict[str, int]:
+    """SIGINT every process (the nodes' clean shutdown path), wait up to ``timeout_s`` in all,
+    kill what is left; return {name: exit code}."""
+    for _, proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + STOP_GRACE_S
+    codes = {}
+    deadline = time.monotonic() + timeout_s
     for name, proc in procs:
         try:
             codes[name] = proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             codes[name] = proc.wait(5)
-    for t in pumps:
-        t.join(timeout=2)
-    with lock:
-        print('[bringup] stopped: ' + ', '.join(f'{n}={c}' for n, c in codes.items()), flush=True)
-    return 0 if all(c == 0 for c in codes.values()) else 1
+    return codes
 
 
 def _arguments_help() -> str:

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from openvla_ros import defaults, runtime_env
+from openvla_ros.cli.bringup import stop_processes
+from openvla_ros.nodes.common import stamp_to_s
 
 DEFAULT_CHECKPOINT = Path('output/models/openvla-tiny')
 DEFAULT_OUTPUT_ROOT = Path('output/demo')
@@ -35,10 +37,6 @@ DEFAULT_INSTRUCTION = 'put the spoon on the towel'
 STOP_TIMEOUT_S = 20.0
 VIDEO_MAX_FRAMES = 600          # longest video kept (frames); older frames are thinned out
 VIDEO_DOWNSCALE = 2             # video pixels = camera pixels / this, per axis
-
-
-def _stamp_s(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 @dataclass
@@ -96,7 +94,7 @@ class LoopRecorder:
 
     # ---------------------------------------------------------------- callbacks
     def _on_image(self, msg) -> None:
-        stamp = _stamp_s(msg.header.stamp)
+        stamp = stamp_to_s(msg.header.stamp)
         self.rec.frame_times.append((stamp, time.monotonic()))
         if self.keep_frames:
             from openvla_ros.imaging import ImageConversionError, image_msg_to_rgb
@@ -109,21 +107,21 @@ class LoopRecorder:
                 self.rec.frames = self.rec.frames[::2]
 
     def _on_action(self, msg) -> None:
-        self.rec.actions.append((_stamp_s(msg.header.stamp), time.monotonic(), self.rec.clock_sim,
+        self.rec.actions.append((stamp_to_s(msg.header.stamp), time.monotonic(), self.rec.clock_sim,
                                  np.asarray(msg.action, dtype=float), float(msg.inference_latency_s)))
 
     def _on_joint_state(self, msg) -> None:
-        self.rec.joint_states.append((_stamp_s(msg.header.stamp), dict(zip(msg.name, msg.position))))
+        self.rec.joint_states.append((stamp_to_s(msg.header.stamp), dict(zip(msg.name, msg.position))))
 
     def _on_target(self, msg) -> None:
         p = msg.pose.position
-        self.rec.targets.append((_stamp_s(msg.header.stamp), (p.x, p.y, p.z)))
+        self.rec.targets.append((stamp_to_s(msg.header.stamp), (p.x, p.y, p.z)))
 
     def _on_trajectory(self, msg) -> None:
         self.rec.trajectories += 1
 
     def _on_clock(self, msg) -> None:
-        self.rec.clock_sim = _stamp_s(msg.clock)
+        self.rec.clock_sim = stamp_to_s(msg.clock)
 
     # ---------------------------------------------------------------- actions
     def spin_until(self, predicate, timeout_s: float, step_s: float = 0.02) -> bool:
@@ -369,21 +367,6 @@ def node_commands(checkpoint: Path, args) -> list[tuple[str, list[str]]]:
     return out
 
 
-def stop_processes(procs: list[tuple[str, subprocess.Popen]], timeout_s: float = STOP_TIMEOUT_S) -> dict[str, int]:
-    for _, proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    codes = {}
-    deadline = time.monotonic() + timeout_s
-    for name, proc in procs:
-        try:
-            codes[name] = proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            codes[name] = proc.wait(5)
-    return codes
-
-
 def ensure_checkpoint(path: Path | None) -> Path:
     if path is not None:
         if not (path / 'config.json').is_file():
@@ -471,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             recorder.set_enabled(False, timeout_s=3.0)
     finally:
         wall_s = time.monotonic() - t_start
-        exit_codes = stop_processes(procs)
+        exit_codes = stop_processes(procs, STOP_TIMEOUT_S)
         recorder.close()
         rclpy.try_shutdown(context=ctx)
     summary = summarize(recorder.rec, exit_codes, wall_s, {

@@ -24,7 +24,7 @@ and the blocking-mode bookkeeping.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -64,10 +64,6 @@ SAFETY_PARAMS = {
 _MODE_NAMES = {m: m.name for m in Mode}
 
 
-def _stamp_s(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
 def _duration_msg(seconds: float) -> Duration:
     sec = int(seconds)
     return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)))
@@ -220,7 +216,7 @@ class ArmControllerNode(LifecycleNode):
         with self._lock:
             if not self._active:
                 return
-            result = self._controller.on_action(ActionInput(tuple(msg.action), _stamp_s(msg.header.stamp)),
+            result = self._controller.on_action(ActionInput(tuple(msg.action), common.stamp_to_s(msg.header.stamp)),
                                                 self._now_s())
             self._handle(result)
 
@@ -421,7 +417,7 @@ class ArmControllerNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    return common.run_lifecycle_node(ArmControllerNode, args=args)
+    return common.run_node(ArmControllerNode, args=args)
 
 
 if __name__ == '__main__':

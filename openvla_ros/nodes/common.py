@@ -6,7 +6,6 @@ DiagnosticArray is built here following its conventions (hardware_id, one status
 """
 from __future__ import annotations
 
-import bisect
 import signal
 import threading
 import time
@@ -15,7 +14,7 @@ from typing import Callable, Iterable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from openvla_ros import defaults
@@ -132,45 +131,69 @@ def now_s(node) -> float:
     return node.get_clock().now().nanoseconds * 1e-9
 
 
-def run_lifecycle_node(node_factory: Callable[[], object], args=None,
-                       autostart_param: str = 'autostart', num_threads: int = 4) -> int:
-    """``main()`` of a lifecycle node: configure + activate unless ``autostart:=false``,
-    spin on a MultiThreadedExecutor, and on SIGINT/SIGTERM walk the node down to finalized
-    (deactivate → cleanup → shutdown callbacks run with a live context) and return 0."""
+def run_node(node_factory: Callable[[], object], args=None, *, lifecycle: bool = True,
+             autostart_param: str = 'autostart', num_threads: int = 4,
+             startup_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """``main()`` of every node of the package.
+
+    Spins until SIGINT/SIGTERM, then shuts down cleanly and returns 0 (1 after an unhandled
+    error, 2 when ``node_factory`` raises one of ``startup_errors``). For a lifecycle node:
+    configure + activate unless ``autostart:=false`` first, and on exit walk the node down to
+    finalized so its deactivate/cleanup/shutdown callbacks run with a live context.
+    """
     from rclpy.signals import SignalHandlerOptions
 
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    node = node_factory()
-    if not node.has_parameter(autostart_param):
-        node.declare_parameter(autostart_param, True)
-    executor = MultiThreadedExecutor(num_threads=num_threads)
+    try:
+        node = node_factory()
+    except startup_errors as exc:
+        rclpy.logging.get_logger(getattr(node_factory, '__name__', 'node')).fatal(f'cannot start: {exc}')
+        rclpy.try_shutdown()
+        return 2
+    # num_threads=1: callbacks run in this thread (an OpenGL context is bound to the thread that
+    # created it, so a renderer made in the node's constructor must be used from here).
+    executor = SingleThreadedExecutor() if num_threads <= 1 else MultiThreadedExecutor(num_threads=num_threads)
     executor.add_node(node)
     code = 0
     try:
-        if node.get_parameter(autostart_param).value:
-            from rclpy.lifecycle import TransitionCallbackReturn
-
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error('configure failed; staying unconfigured (fix and configure again)')
-            elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                node.get_logger().error('activate failed; staying inactive')
+        if lifecycle:
+            _autostart(node, autostart_param)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
     except Exception as exc:  # report, then still shut down cleanly
         node.get_logger().fatal(f'unhandled error: {exc!r}')
         code = 1
     finally:
-        # Stop the executor first: the transitions below destroy timers and subscriptions, and
-        # an executor still holding tasks for them would report "destruction was requested".
+        # Stop the executor first: the transitions below destroy timers and subscriptions.
+        # Let the worker threads finish their callbacks before the executor destroys its guard
+        # condition (rclpy's MultiThreadedExecutor.shutdown does it the other way round, and a
+        # late callback then fails with "destruction was requested").
         executor.remove_node(node)
+        pool = getattr(executor, '_executor', None)
+        if pool is not None:
+            pool.shutdown(wait=True)
         executor.shutdown(timeout_sec=1.0)
-        _shutdown_lifecycle(node)
+        if lifecycle:
+            _shutdown_lifecycle(node)
         node.destroy_node()
         rclpy.try_shutdown()
     return code
+
+
+def _autostart(node, autostart_param: str) -> None:
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    if not node.has_parameter(autostart_param):
+        node.declare_parameter(autostart_param, True)
+    if not node.get_parameter(autostart_param).value:
+        return
+    if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error('configure failed; staying unconfigured (fix and configure again)')
+    elif node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+        node.get_logger().error('activate failed; staying inactive')
 
 
 def _shutdown_lifecycle(node) -> None:

@@ -16,15 +16,11 @@ time: the next tick catches up, and images always show the physics state at thei
 from __future__ import annotations
 
 import math
-import signal
 import sys
-import threading
 import time
 
-import rclpy
 from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
@@ -34,7 +30,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from openvla_ros import defaults
 from openvla_ros.imaging import rgb_to_image_fields
-from openvla_ros.nodes.common import reliable_qos
+from openvla_ros.nodes.common import reliable_qos, run_node, stamp_to_s
 from openvla_ros.sim import CAMERA_NAME, TrajectoryError, WorkcellSim
 
 # When the node falls further behind real time than this, it gives the backlog up rather than
@@ -210,7 +206,7 @@ class SimNode(Node):
         if not msg.points:
             self.sim.hold()  # an empty trajectory stops the active one, as in joint_trajectory_controller
             return
-        points = [(list(pt.positions), pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9)
+        points = [(list(pt.positions), stamp_to_s(pt.time_from_start))
                   for pt in msg.points]
         try:
             self.sim.follow_trajectory(list(msg.joint_names), points)
@@ -240,32 +236,8 @@ class SimNode(Node):
 
 
 def main(args=None) -> int:
-    from rclpy.signals import SignalHandlerOptions
-
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        node = SimNode()
-    except (ValueError, FileNotFoundError) as exc:
-        rclpy.logging.get_logger(defaults.SIM_NODE).fatal(f'cannot start: {exc}')
-        rclpy.try_shutdown()
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    code = 0
-    try:
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except Exception as exc:  # report, then still shut down cleanly
-        node.get_logger().fatal(f'unhandled error: {exc!r}')
-        code = 1
-    finally:
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(SimNode, args, lifecycle=False, num_threads=1,
+                    startup_errors=(ValueError, FileNotFoundError))
 
 
 if __name__ == '__main__':

@@ -586,7 +586,7 @@ def _nan_to(x: float, default: float) -> float:
 
 
 def main(args=None) -> int:
-    return common.run_lifecycle_node(VlaNode, args=args)
+    return common.run_node(VlaNode, args=args)
 
 
 if __name__ == '__main__':
