@@ -19,7 +19,16 @@ Module map: :mod:`.config` (config.json, presets), :mod:`.checkpoint` (files, sa
 from .api import (CheckpointError, InvalidImageError, InvalidInstructionError,
                   InvalidModelOutputError, OpenVLAError, Policy, PolicyOptions, PredictionResult,
                   UnknownUnnormKeyError)
-from .policy import OpenVLAPolicy, load_policy
+
+
+def __getattr__(name):
+    # torch/timm/transformers load only when the model is needed: launch files, option lists and
+    # --help stay fast.
+    if name in ('OpenVLAPolicy', 'load_policy'):
+        from . import policy
+
+        return getattr(policy, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 __all__ = ['load_policy', 'OpenVLAPolicy', 'Policy', 'PolicyOptions', 'PredictionResult',
            'OpenVLAError', 'CheckpointError', 'InvalidImageError', 'InvalidInstructionError',
