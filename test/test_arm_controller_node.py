@@ -211,3 +211,132 @@ def test_servo_twist_resent_then_zero(ros_context):
         assert not rig.trajectories
     finally:
         rig.close()
+
+
+def _trajectory_pose(kin, traj):
+    return kin.forward(np.asarray(traj.points[0].positions[:6]))
+
+
+def _pose_xyz(msg):
+    p = msg.pose.position
+    return np.array([p.x, p.y, p.z])
+
+
+def test_blocking_keeps_the_newest_action_until_the_goal_is_reached(ros_context, bridge_start_q):
+    e, kin, q = bridge_start_q
+    rig = Rig(ros_context, 'widowx_250s_bridge', blocking=True, start_enabled=True, blocking_timeout_s=3.0,
+              watchdog_timeout_s=20.0, max_action_age_s=10.0)
+    try:
+        rig.start()
+        assert rig.connected()
+        rig.publish_joints(e.arm_joints, q)
+        assert rig.wait(lambda: rig.statuses and rig.statuses[-1].state == ControllerStatus.STATE_HOLDING)
+        start = kin.forward(q).position
+        # 3 cm steps: farther than the 1 cm goal tolerance, so the measured joints (still at q) are
+        # not at the goal until the test moves them there.
+        rig.send_action([0.03, 0, 0, 0, 0, 0, 1.0])
+        assert rig.wait(lambda: len(rig.trajectories) == 1)
+        first = rig.trajectories[0]
+        np.testing.assert_allclose(_trajectory_pose(kin, first).position, start + [0.03, 0, 0], atol=1e-3)
+        rig.send_action([0, 0.03, 0, 0, 0, 0, 1.0])      # superseded by the next one
+        rig.send_action([0, 0, 0.03, 0, 0, 0, 1.0])      # the newest: executed once the goal is reached
+        assert rig.wait(lambda: rig.statuses[-1].actions_received == 3)
+        rig.wait(lambda: False, timeout_s=0.5)
+        s = rig.statuses[-1]
+        assert len(rig.trajectories) == 1, 'an action was executed before the goal was reached'
+        assert (s.actions_executed, s.actions_rejected) == (1, 0)
+        assert s.state == ControllerStatus.STATE_TRACKING
+
+        # The arm follows the commanded trajectory: measured joints = its point.
+        first_q = first.points[0].positions[:6]
+        deadline = time.monotonic() + 10.0
+        while len(rig.trajectories) < 2 and time.monotonic() < deadline:
+            rig.publish_joints(e.arm_joints, first_q)
+            rig.wait(lambda: len(rig.trajectories) >= 2, timeout_s=0.1)
+        assert len(rig.trajectories) == 2, rig.statuses[-1]
+        second = _trajectory_pose(kin, rig.trajectories[1]).position
+        # dz from the previous target; the dy action was dropped
+        np.testing.assert_allclose(second, start + [0.03, 0, 0.03], atol=1e-3)
+        assert rig.wait(lambda: rig.statuses[-1].actions_executed == 2)
+        assert rig.statuses[-1].actions_received == 3
+
+        # The arm does not move this time: the pending action waits for the blocking timeout.
+        rig.send_action([-0.03, 0, 0, 0, 0, 0, 1.0])
+        assert rig.wait(lambda: rig.statuses[-1].actions_received == 4)
+        rig.wait(lambda: False, timeout_s=1.0)
+        assert len(rig.trajectories) == 2 and rig.statuses[-1].actions_executed == 2
+        assert rig.wait(lambda: len(rig.trajectories) == 3, timeout_s=10.0)
+        third = _trajectory_pose(kin, rig.trajectories[2]).position
+        np.testing.assert_allclose(third, start + [0.0, 0, 0.03], atol=1e-3)
+        assert rig.wait(lambda: rig.statuses[-1].actions_executed == 3)
+    finally:
+        rig.close()
+
+
+def test_live_safety_parameters_apply_to_the_next_action(ros_context, bridge_start_q):
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.srv import GetParameters, SetParameters
+
+    e, kin, q = bridge_start_q
+    rig = Rig(ros_context, 'widowx_250s_bridge', start_enabled=True, watchdog_timeout_s=20.0, max_action_age_s=10.0)
+    node = f'/{defaults.ARM_CONTROLLER_NODE}'
+    set_cli = rig.client.create_client(SetParameters, f'{node}/set_parameters')
+    get_cli = rig.client.create_client(GetParameters, f'{node}/get_parameters')
+
+    def set_param(name, value):
+        req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return rig.call(set_cli, req).results[0]
+
+    def get_param(name):
+        value = rig.call(get_cli, GetParameters.Request(names=[name])).values[0]
+        return Parameter.from_parameter_msg(ParameterMsg(name=name, value=value)).value
+
+    try:
+        rig.start()
+        assert rig.connected()
+        rig.publish_joints(e.arm_joints, q)
+        assert rig.wait(lambda: rig.statuses and rig.statuses[-1].state == ControllerStatus.STATE_HOLDING)
+        rig.send_action([0.04, 0, 0, 0, 0, 0, 1.0])
+        assert rig.wait(lambda: len(rig.poses) == 1)
+        np.testing.assert_allclose(_pose_xyz(rig.poses[0]), kin.forward(q).position + [0.04, 0, 0], atol=1e-9)
+
+        r = set_param('max_translation_step_m', 0.01)
+        assert r.successful, r.reason
+        assert get_param('max_translation_step_m') == 0.01
+        rig.send_action([0.04, 0, 0, 0, 0, 0, 1.0])
+        assert rig.wait(lambda: len(rig.poses) == 2)
+        step = _pose_xyz(rig.poses[1]) - _pose_xyz(rig.poses[0])
+        np.testing.assert_allclose(step, [0.01, 0, 0], atol=1e-9)
+        assert rig.wait(lambda: 'translation_clip' in rig.statuses[-1].active_limits)
+
+        # Invalid values are refused with a reason and change nothing.
+        low = list(get_param('workspace_low_m'))
+        high = list(get_param('workspace_high_m'))
+        r = set_param('workspace_low_m', [high[0] + 0.01, low[1], low[2]])
+        assert not r.successful and 'workspace' in r.reason, r.reason
+        r = set_param('workspace_high_m', [high[0], high[1]])
+        assert not r.successful and '3' in r.reason, r.reason
+        r = set_param('max_translation_step_m', 5.0)
+        assert not r.successful
+        assert list(get_param('workspace_low_m')) == low and get_param('max_translation_step_m') == 0.01
+
+        # A tighter box clips the next target at its new face.
+        x = float(_pose_xyz(rig.poses[1])[0])
+        r = set_param('workspace_high_m', [x + 0.004, high[1], high[2]])
+        assert r.successful, r.reason
+        rig.send_action([0.04, 0, 0, 0, 0, 0, 1.0])
+        assert rig.wait(lambda: len(rig.poses) == 3)
+        assert _pose_xyz(rig.poses[2])[0] == pytest.approx(x + 0.004, abs=1e-9)
+        assert rig.wait(lambda: 'workspace_clip' in rig.statuses[-1].active_limits)
+
+        # A shorter action age makes the same action stale.
+        assert set_param('max_action_age_s', 0.2).successful
+        rig.send_action([0.0, 0, 0, 0, 0, 0, 1.0], age_s=0.5)
+        assert rig.wait_event('stale action')
+        assert len(rig.poses) == 3
+
+        # Nothing changes now, yet the status keeps coming (STATUS_PERIOD_S, 1 s).
+        n = len(rig.statuses)
+        assert rig.wait(lambda: len(rig.statuses) >= n + 2, timeout_s=5.0)
+    finally:
+        rig.close()

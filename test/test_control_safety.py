@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from openvla_ros.control.embodiment import load_embodiment
+from openvla_ros.control.embodiment import EmbodimentConfigError, load_embodiment
 from openvla_ros.control.geometry import Pose, rotation_from_static_xyz
 from openvla_ros.control.kinematics import ArmKinematics
 from openvla_ros.control.safety import JOINT_SPEED_LIMIT, ActionInput, Command, Mode, Refusal, SafetyController
@@ -84,6 +84,20 @@ def test_first_action_starts_from_measured_pose_then_composes_on_target(bridge, 
     np.testing.assert_allclose(kin.forward(cmd2.joint_positions).position, cmd2.target.position, atol=1e-3)
     assert c.mode is Mode.TRACKING
     np.testing.assert_allclose(cmd2.linear_velocity_m_s, [0.05, 0, 0], atol=1e-9)
+
+
+def test_update_limits_applies_to_the_next_action_and_invalid_changes_nothing(bridge, kin, start_q):
+    c = _controller(bridge, kin, start_q)
+    measured = kin.forward(start_q)
+    c.update_limits(max_translation_step_m=0.005)
+    cmd = c.on_action(ActionInput((0.03, 0, 0, 0, 0, 0, 1.0), 10.0), 10.0)
+    np.testing.assert_allclose(cmd.target.position, measured.position + [0.005, 0, 0], atol=1e-9)
+    before = c.embodiment
+    with pytest.raises(EmbodimentConfigError, match='workspace'):
+        c.update_limits(workspace_low_m=(0.5, -0.2, -0.01))
+    with pytest.raises(EmbodimentConfigError, match='watchdog_timeout_s'):
+        c.update_limits(watchdog_timeout_s=0.0)
+    assert c.embodiment is before
 
 
 def test_refusals(bridge, kin, start_q):

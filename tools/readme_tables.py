@@ -40,13 +40,15 @@ def arm_controller_table() -> str:
     from openvla_ros import defaults
 
     emb = load_embodiment(defaults.DEFAULT_EMBODIMENT)
-    rows = [f'| Parameter | Default ({defaults.DEFAULT_EMBODIMENT}) | Range | Description |', '|---|---|---|---|']
-    for name, (text, lo, hi) in SAFETY_PARAMS.items():
+    rows = [f'| Parameter | Default ({defaults.DEFAULT_EMBODIMENT}) | When | Range | Description |',
+            '|---|---|---|---|---|']
+    for name, spec in SAFETY_PARAMS.items():
         default = getattr(emb, name)
         if isinstance(default, tuple):
             default = [float(x) for x in default]
-        rng = f'{lo} … {hi}' if lo is not None else ''
-        rows.append(f'| `{name}` | {_fmt(default)} | {rng} | {text} |')
+        rng = f'{spec.low} … {spec.high}' if spec.low is not None else ''
+        when = 'live' if spec.live else 'configure'
+        rows.append(f'| `{name}` | {_fmt(default)} | {when} | {rng} | {spec.description} |')
     return '\n'.join(rows)
 
 

@@ -19,7 +19,8 @@ Rules, in the order they are checked for an action:
 8. IK from the measured joints; failure or a joint limit → refused, the target is not advanced;
 9. trajectory duration stretched so no joint exceeds ``max_joint_speed_rad_s``.
 :meth:`tick` runs the watchdog (no accepted action for ``watchdog_timeout_s`` → one hold command)
-and the blocking-mode bookkeeping.
+and the blocking-mode bookkeeping. :meth:`update_limits` replaces limits while running; every rule
+reads them when it runs, so a change applies from the next action or tick on.
 """
 from __future__ import annotations
 
@@ -194,6 +195,15 @@ class SafetyController:
         self._needs_reseed = True
         self._event('target reset to the measured pose')
         return True, self.last_event
+
+    def update_limits(self, **changes) -> None:
+        """Replace embodiment limits (e.g. ``max_translation_step_m``) from the next action on.
+
+        The whole embodiment is validated again (ranges, workspace low < high per axis); on an
+        :class:`EmbodimentConfigError` nothing changes. Kinematic keys must not be passed: the
+        kinematic model was built from the original embodiment."""
+        self.embodiment = self.embodiment.with_overrides(**changes)
+        self._event('limits changed: ' + ', '.join(f'{k}={v}' for k, v in changes.items()))
 
     # ---------------------------------------------------------------- actions
     def _refuse(self, reason: str, limits: tuple[str, ...] = ()) -> Refusal:

@@ -3,7 +3,8 @@
 A lifecycle node around the ROS-free :class:`openvla_ros.control.safety.SafetyController`.
 ``on_configure`` loads ``config/<embodiment>.yaml``, applies the safety-limit parameters (they
 override the YAML; their defaults are the YAML values) and builds the kinematics;
-``on_activate`` starts the outputs. Subscriptions, services and timers share one mutually
+``on_activate`` starts the outputs. The ``live`` safety parameters may also be changed while
+configured (validated by an on-set-parameters callback; they apply from the next action on). Subscriptions, services and timers share one mutually
 exclusive callback group, so the controller state is only touched by one callback at a time.
 
 Outputs: JointTrajectory (arm joints + the gripper finger joint when the gripper output is
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import sys
 import threading
+from typing import NamedTuple
 
 import numpy as np
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import TransitionCallbackReturn
@@ -42,24 +44,44 @@ from openvla_ros.nodes import common
 CONTROL_TICK_S = 0.02      # watchdog / blocking-goal polling period
 STATUS_PERIOD_S = 1.0
 
-# Safety parameters that override the embodiment YAML: name -> (description, min, max).
-# A range of None means "no numeric range" (bool / arrays).
+class SafetyParam(NamedTuple):
+    description: str
+    low: float | None       # numeric range; None: no numeric range (bool / arrays)
+    high: float | None
+    live: bool              # True: a change while configured applies to the next action
+
+
+# Safety parameters that override the embodiment YAML. The live ones only bound what the next
+# action may do; the others shape the outputs and timers created at configure.
 SAFETY_PARAMS = {
-    'control_period_s': ('control period and minimum trajectory duration, s', 0.01, 10.0),
-    'max_translation_step_m': ('per-step clip of dx, dy, dz, m', 0.0001, 1.0),
-    'max_rotation_step_rad': ('per-step clip of droll, dpitch, dyaw, rad', 0.0001, 3.14),
-    'max_joint_speed_rad_s': ('maximum joint speed; trajectory durations are stretched to respect it, rad/s', 0.01, 10.0),
-    'watchdog_timeout_s': ('no fresh action for this long -> hold, s', 0.01, 60.0),
-    'max_action_age_s': ('actions whose image stamp is older are ignored, s', 0.001, 60.0),
-    'blocking_timeout_s': ('blocking mode: longest wait for the goal, s', 0.01, 60.0),
-    'goal_position_tolerance_m': ('blocking mode: goal position tolerance, m', 0.0001, 1.0),
-    'goal_orientation_tolerance_rad': ('blocking mode: goal orientation tolerance, rad', 0.0001, 3.14),
-    'servo_rate_hz': ('servo twist re-send rate, Hz', 1.0, 1000.0),
-    'workspace_low_m': ('workspace box lower corner x, y, z, m', None, None),
-    'workspace_high_m': ('workspace box upper corner x, y, z, m', None, None),
-    'start_enabled': ('start enabled (otherwise ~/enable true is needed before the arm moves)', None, None),
-    'blocking': ('wait for the goal before accepting the next action', None, None),
+    'control_period_s': SafetyParam('control period and minimum trajectory duration, s', 0.01, 10.0, False),
+    'max_translation_step_m': SafetyParam('per-step clip of dx, dy, dz, m', 0.0001, 1.0, True),
+    'max_rotation_step_rad': SafetyParam('per-step clip of droll, dpitch, dyaw, rad', 0.0001, 3.14, True),
+    'max_joint_speed_rad_s': SafetyParam(
+        'maximum joint speed; trajectory durations are stretched to respect it, rad/s', 0.01, 10.0, True),
+    'watchdog_timeout_s': SafetyParam('no fresh action for this long -> hold, s', 0.01, 60.0, True),
+    'max_action_age_s': SafetyParam('actions whose image stamp is older are ignored, s', 0.001, 60.0, True),
+    'blocking_timeout_s': SafetyParam('blocking mode: longest wait for the goal, s', 0.01, 60.0, False),
+    'goal_position_tolerance_m': SafetyParam('blocking mode: goal position tolerance, m', 0.0001, 1.0, False),
+    'goal_orientation_tolerance_rad': SafetyParam('blocking mode: goal orientation tolerance, rad',
+                                                  0.0001, 3.14, False),
+    'servo_rate_hz': SafetyParam('servo twist re-send rate, Hz', 1.0, 1000.0, False),
+    'workspace_low_m': SafetyParam('workspace box lower corner x, y, z (below workspace_high_m), m',
+                                   None, None, True),
+    'workspace_high_m': SafetyParam('workspace box upper corner x, y, z (above workspace_low_m), m',
+                                    None, None, True),
+    'start_enabled': SafetyParam('start enabled (otherwise ~/enable true is needed before the arm moves)',
+                                 None, None, False),
+    'blocking': SafetyParam('wait for the goal before accepting the next action', None, None, False),
 }
+
+
+def _param_to_field(value):
+    """A parameter value as the Embodiment field holds it (arrays become tuples of floats)."""
+    if isinstance(value, (list, tuple)) or hasattr(value, 'tolist'):
+        return tuple(float(x) for x in value)
+    return value
+
 
 _MODE_NAMES = {m: m.name for m in Mode}
 
@@ -81,13 +103,16 @@ class ArmControllerNode(LifecycleNode):
         except (EmbodimentConfigError, FileNotFoundError) as exc:
             self._load_error = str(exc)
             base = None
-        for name, (text, lo, hi) in SAFETY_PARAMS.items():
+        for name, spec in SAFETY_PARAMS.items():
             default = getattr(base, name) if base is not None else Embodiment.__dataclass_fields__[name].default
             if isinstance(default, tuple):
                 default = [float(x) for x in default]
-            descriptor = ParameterDescriptor(description=f'{text} (default from the embodiment YAML; read at configure)')
-            if lo is not None:
-                descriptor.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi))]
+            when = 'live: applies to the next action' if spec.live else 'read at configure'
+            descriptor = ParameterDescriptor(
+                description=f'{spec.description} (default from the embodiment YAML; {when})')
+            if spec.low is not None:
+                descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
+                                                                      to_value=float(spec.high))]
                 default = float(default)
             self.declare_parameter(name, default, descriptor)
 
@@ -98,7 +123,8 @@ class ArmControllerNode(LifecycleNode):
         self._active = False
         self._config_event = ''
         self._subs = []
-        self._timers = []
+        # Not ``_timers``: rclpy's Node keeps its own timer list under that name.
+        self._io_timers = []
         self._traj_pub = self._pose_pub = self._twist_pub = self._gripper_pub = None
         self._twist_cmd: tuple[np.ndarray, np.ndarray] | None = None
         self._twist_until_s = -1.0
@@ -111,7 +137,27 @@ class ArmControllerNode(LifecycleNode):
         self.create_service(Trigger, '~/reset_estop', self._on_reset_estop, callback_group=self._group)
         self.create_service(Trigger, '~/reset_target', self._on_reset_target, callback_group=self._group)
         self.create_timer(STATUS_PERIOD_S, self._on_status_timer, callback_group=self._group)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._publish_status(force=True)
+
+    # ------------------------------------------------------------------ parameters
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        changes = {p.name: _param_to_field(p.value) for p in params
+                   if p.name in SAFETY_PARAMS and SAFETY_PARAMS[p.name].live}
+        if not changes:
+            return SetParametersResult(successful=True)
+        with self._lock:
+            if self._controller is None:  # validated with the rest at configure
+                return SetParametersResult(successful=True)
+            try:
+                self._controller.update_limits(**changes)
+            except EmbodimentConfigError as exc:
+                self.get_logger().warning(f'parameter change rejected: {exc}')
+                return SetParametersResult(successful=False, reason=str(exc))
+            self._embodiment = self._controller.embodiment
+        self.get_logger().info(self._controller.last_event)
+        self._publish_status()
+        return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ lifecycle
     def _fail(self, reason: str) -> TransitionCallbackReturn:
@@ -123,10 +169,7 @@ class ArmControllerNode(LifecycleNode):
     def on_configure(self, state) -> TransitionCallbackReturn:
         try:
             embodiment = load_embodiment(self.get_parameter('embodiment').value)
-            overrides = {}
-            for name in SAFETY_PARAMS:
-                v = self.get_parameter(name).value
-                overrides[name] = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) or hasattr(v, 'tolist') else v
+            overrides = {name: _param_to_field(self.get_parameter(name).value) for name in SAFETY_PARAMS}
             embodiment = embodiment.with_overrides(**overrides)
             kinematics = ArmKinematics(embodiment)
         except (EmbodimentConfigError, FileNotFoundError, ValueError) as exc:
@@ -160,17 +203,17 @@ class ArmControllerNode(LifecycleNode):
             self.create_subscription(Bool, defaults.ESTOP_TOPIC, self._on_estop,
                                      common.latched_qos(), callback_group=self._group),
         ]
-        self._timers = [self.create_timer(CONTROL_TICK_S, self._on_tick, callback_group=self._group)]
+        self._io_timers = [self.create_timer(CONTROL_TICK_S, self._on_tick, callback_group=self._group)]
         if e.output_servo_twist:
-            self._timers.append(self.create_timer(1.0 / e.servo_rate_hz, self._on_servo_timer,
+            self._io_timers.append(self.create_timer(1.0 / e.servo_rate_hz, self._on_servo_timer,
                                                   callback_group=self._group))
 
     def _destroy_io(self) -> None:
         for sub in self._subs:
             self.destroy_subscription(sub)
-        for t in self._timers:
+        for t in self._io_timers:
             self.destroy_timer(t)
-        self._subs, self._timers = [], []
+        self._subs, self._io_timers = [], []
         for pub in (self._traj_pub, self._pose_pub, self._twist_pub, self._gripper_pub):
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
@@ -378,7 +421,7 @@ class ArmControllerNode(LifecycleNode):
         with self._lock:
             msg = self._status_msg()
             key = (msg.state, msg.state_name, msg.enabled, msg.estop_latched, msg.last_event,
-                   tuple(msg.active_limits), msg.actions_received)
+                   tuple(msg.active_limits), msg.actions_received, msg.actions_executed, msg.actions_rejected)
             if not force and key == self._last_status_key:
                 return
             self._last_status_key = key

@@ -1,0 +1,101 @@
+"""vla_node with ``use_compressed:=true``: sensor_msgs/CompressedImage on <camera>/compressed.
+
+A separate module (and node process) from test_vla_node.py, which shares node and topic names;
+the harness and helpers come from there.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CompressedImage
+from std_msgs.msg import Header
+
+from openvla_ros import defaults
+from openvla_ros.imaging import compressed_msg_to_rgb
+from openvla_ros.msg import VlaStatus
+from test_vla_node import STARTUP_TIMEOUT_S, WAIT_S, Harness, _ns, _scenes, _stamp, _start_node
+from test_vla_node import local_policy  # noqa: F401  (module fixture)
+
+pytestmark = pytest.mark.ros
+INSTRUCTION = 'put the carrot in the pot'
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode('.png', np.ascontiguousarray(rgb[:, :, ::-1]))
+    assert ok
+    return buf.tobytes()
+
+
+def _publish_compressed(h: Harness, pub, data: bytes, fmt: str = 'png') -> int:
+    stamp_ns = h.now_ns()
+    pub.publish(CompressedImage(header=Header(stamp=_stamp(stamp_ns), frame_id='camera'), format=fmt, data=data))
+    return stamp_ns
+
+
+@pytest.fixture(scope='module')
+def compressed_node(tmp_path_factory, tiny_checkpoint):
+    group = _start_node(tmp_path_factory, 'vla_node_compressed', f'model_path:={tiny_checkpoint}',
+                        'use_compressed:=true', 'self_test:=false', 'max_image_age_s:=2.0')
+    harness = Harness()
+    pub = harness.node.create_publisher(CompressedImage, defaults.COMPRESSED_CAMERA_TOPIC, QoSProfile(depth=10))
+    try:
+        up = harness.wait(lambda: harness.statuses and harness.statuses[-1].state == VlaStatus.STATE_IDLE,
+                          STARTUP_TIMEOUT_S)
+        assert up, 'vla_node did not come up:\n' + group.log('vla_node_compressed')
+        harness.wait_subscribed(pub)
+        harness.wait_subscribed(harness.instruction_pub)
+        yield harness, pub
+    finally:
+        harness.close()
+        codes = group.stop()
+        assert codes['vla_node_compressed'] == 0, group.log('vla_node_compressed')
+
+
+def test_png_frames_give_the_engine_action_with_their_stamp(compressed_node, local_policy):  # noqa: F811
+    h, pub = compressed_node
+    # Only the compressed topic is read in this mode.
+    assert h.node.count_subscribers(defaults.CAMERA_TOPIC) == 0
+    h.instruct(INSTRUCTION)
+    h.wait_status(lambda s: s.instruction == INSTRUCTION)
+    scenes = _scenes(3, 64, 80, seed=11)
+    encoded = [_png(rgb) for rgb in scenes]
+    sent: dict[int, np.ndarray] = {}
+    i = 0
+    while len(h.actions) < 3 and i < 200:
+        k = i % len(scenes)
+        sent[_publish_compressed(h, pub, encoded[k])] = scenes[k]
+        i += 1
+        h.spin(0.1)
+    assert h.wait(lambda: len(h.actions) >= 3), f'{len(h.actions)} actions; {h.latest_status()}'
+    for rgb, data in zip(scenes, encoded):
+        # PNG is lossless: the node decodes exactly the scene the engine is asked about below.
+        np.testing.assert_array_equal(compressed_msg_to_rgb(CompressedImage(format='png', data=data)), rgb)
+    for _, msg in h.actions:
+        stamp = _ns(msg.header.stamp)
+        assert stamp in sent, 'action stamped with an image that was never published'
+        expected = local_policy.predict(sent[stamp], INSTRUCTION, defaults.DEFAULT_UNNORM_KEY)
+        np.testing.assert_array_equal(np.array(msg.action), expected.action)
+        assert list(msg.action_token_ids) == [int(t) for t in expected.action_token_ids]
+        assert msg.instruction == INSTRUCTION
+    s = h.wait_status(lambda s: s.actions_published >= len(h.actions))
+    assert s.frames_rejected == 0 and s.frames_received >= len(h.actions)
+
+
+@pytest.mark.parametrize('case', ['garbage', 'truncated', 'empty'])
+def test_corrupt_compressed_frame_is_rejected_and_never_acted_on(compressed_node, case):
+    h, pub = compressed_node
+    h.instruct(INSTRUCTION)
+    h.wait_status(lambda s: s.instruction == INSTRUCTION)
+    before = h.wait_status(lambda s: True).frames_rejected
+    good = _png(_scenes(1, 48, 64, seed=12)[0])
+    data = {'garbage': good[:8] + bytes(range(256)) * 4,   # PNG signature, then no valid chunk
+            'truncated': good[:len(good) // 3],
+            'empty': b''}[case]
+    bad = _publish_compressed(h, pub, data)
+    h.wait_status(lambda s: s.frames_rejected == before + 1)
+    # A valid frame afterwards is still acted on; the corrupt one never is.
+    ok = _publish_compressed(h, pub, good)
+    assert h.wait(lambda: any(_ns(m.header.stamp) == ok for _, m in h.actions), WAIT_S), h.latest_status()
+    assert not any(_ns(m.header.stamp) == bad for _, m in h.actions)
