@@ -51,7 +51,8 @@ ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('device', '', 'torch device: cpu, cuda, cuda:N (empty: from the config)'),
     LaunchArgument('unnorm_key', '', 'dataset statistics that un-normalize actions (empty: from the '
                    f'config, default {defaults.DEFAULT_UNNORM_KEY})'),
-    LaunchArgument('embodiment', defaults.DEFAULT_EMBODIMENT, 'arm_controller embodiment config in config/'),
+    LaunchArgument('embodiment', defaults.DEFAULT_EMBODIMENT, 'embodiment config in config/ (arm_controller; '
+                   'also the frame of the actions and the simulator start pose)'),
     LaunchArgument('camera_topic', defaults.CAMERA_TOPIC, 'sensor_msgs/Image topic the policy sees '
                    '(<topic>/compressed with use_compressed)'),
     LaunchArgument('instruction', '', 'initial language instruction (empty: wait for '
@@ -140,7 +141,7 @@ def node_specs(values: Mapping[str, str] | None = None) -> list[NodeSpec]:
     ns = f'/{ns}' if ns else ''
     topics = _topic_remappings(ns, a['camera_topic'])
 
-    vla_overrides: dict = {'use_sim_time': use_sim_time}
+    vla_overrides: dict = {'use_sim_time': use_sim_time, 'embodiment': a['embodiment']}
     for k in ('model_path', 'quantization', 'dtype', 'device', 'unnorm_key', 'instruction'):
         if a[k]:
             vla_overrides[k] = a[k]

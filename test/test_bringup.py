@@ -42,7 +42,8 @@ def test_default_node_set():
     vla, arm = specs
     assert vla.executable == defaults.VLA_NODE and arm.executable == defaults.ARM_CONTROLLER_NODE
     assert vla.params_files() == [config_file(bringup.DEFAULT_VLA_CONFIG)]
-    assert vla.param_values() == {'use_sim_time': False}      # empty args keep the file's values
+    # empty args keep the file's values; the embodiment (frame of the actions) is shared with the controller
+    assert vla.param_values() == {'use_sim_time': False, 'embodiment': defaults.DEFAULT_EMBODIMENT}
     assert arm.param_values() == {'embodiment': defaults.DEFAULT_EMBODIMENT, 'use_sim_time': False}
     assert vla.namespace == '' and vla.remappings == [] and arm.remappings == []
 
@@ -54,8 +55,8 @@ def test_arguments_reach_the_nodes():
                                 'camera_topic': '/blue/image_raw'})
     vla, arm = specs
     assert vla.param_values() == {
-        'use_sim_time': False, 'model_path': '/models/openvla-7b', 'quantization': '4bit',
-        'dtype': 'float16', 'device': 'cuda:1', 'unnorm_key': 'fractal20220817_data',
+        'use_sim_time': False, 'embodiment': 'other_arm', 'model_path': '/models/openvla-7b',
+        'quantization': '4bit', 'dtype': 'float16', 'device': 'cuda:1', 'unnorm_key': 'fractal20220817_data',
         'instruction': 'put the spoon in the pot'}
     assert arm.param_values()['embodiment'] == 'other_arm'
     assert (defaults.CAMERA_TOPIC, '/blue/image_raw') in vla.remappings

@@ -29,6 +29,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from conftest import ProcessGroup, spin_until
 from openvla_ros import defaults
+from openvla_ros.control.embodiment import load_embodiment
 from openvla_ros.imaging import rgb_to_image_fields
 from openvla_ros.msg import EndEffectorDelta, VlaStatus
 from openvla_ros.nodes.common import latched_qos, reliable_qos
@@ -255,7 +256,7 @@ def test_actions_match_the_engine_and_carry_the_image_stamp(node_a, local_policy
         assert (msg.translation.x, msg.translation.y, msg.translation.z) == tuple(expected.action[0:3])
         assert (msg.rotation.x, msg.rotation.y, msg.rotation.z) == tuple(expected.action[3:6])
         assert msg.gripper == expected.action[6]
-        assert msg.header.frame_id == 'wx250s/base_link'
+        assert msg.header.frame_id == load_embodiment(defaults.DEFAULT_EMBODIMENT).base_frame_id == 'wx250s/base_link'
         assert msg.instruction == 'pick up the red block'
         assert msg.unnorm_key == defaults.DEFAULT_UNNORM_KEY
         assert msg.model_id == local_policy.model_id

@@ -47,6 +47,7 @@ except ImportError:  # Humble
 from openvla_ros import defaults
 from openvla_ros.action_message import MIN_ACTION_DIM as BRIDGE_ACTION_DIM
 from openvla_ros.action_message import fill_message, prediction_to_delta_fields
+from openvla_ros.control.embodiment import EmbodimentConfigError, load_embodiment
 from openvla_ros.engine.api import OpenVLAError
 from openvla_ros.imaging import ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_fields
 from openvla_ros.msg import EndEffectorDelta, VlaStatus
@@ -88,6 +89,7 @@ class VlaNode(LifecycleNode):
         self._last_event = ''       # latest notable event (rejection, stale frame, QoS problem)
         self._qos_problem = ''      # kept in the status message until ~/reset or configure
         self._model_id = ''
+        self._frame_id = ''
         self._last_action_mono = -math.inf
         self._latency = common.RollingStats(STATS_WINDOW_S)
         self._published = common.RollingStats(STATS_WINDOW_S)
@@ -219,6 +221,11 @@ class VlaNode(LifecycleNode):
             self._fail_configure(reason)
             return TransitionCallbackReturn.FAILURE
         self._model_id = p['model_id'] or str(getattr(self._policy, 'model_id', '') or '')
+        try:
+            self._frame_id = p['base_frame_id'] or load_embodiment(p['embodiment']).base_frame_id
+        except (EmbodimentConfigError, FileNotFoundError) as exc:
+            self._fail_configure(f'cannot read the embodiment config: {exc}')
+            return TransitionCallbackReturn.FAILURE
         self._create_io()
         with self._cond:
             self._reset_counters()
@@ -429,7 +436,7 @@ class VlaNode(LifecycleNode):
         try:
             result = self._policy.predict(frame.rgb, instruction, unnorm_key)
             latency_s = time.perf_counter() - t0
-            fields = prediction_to_delta_fields(result, instruction, frame.stamp_ns, self._p['base_frame_id'],
+            fields = prediction_to_delta_fields(result, instruction, frame.stamp_ns, self._frame_id,
                                                 self._model_id, image_age_s=age_s)
         except Exception as exc:  # the node must keep serving: report and retry on the next frame
             self._report_error(exc)

@@ -73,8 +73,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('server_token', '', 'bearer token for the inference server (remote backend; empty: none)', True),
     ParamSpec('use_compressed', False, 'subscribe to sensor_msgs/CompressedImage on <camera>/compressed '
               'instead of sensor_msgs/Image', True),
-    ParamSpec('base_frame_id', 'wx250s/base_link', 'frame_id of published actions: the embodiment base '
-              'frame the deltas are expressed in', True),
+    ParamSpec('embodiment', defaults.DEFAULT_EMBODIMENT, 'embodiment config in config/ (name or YAML path) '
+              'whose base frame the actions are expressed in', True),
+    ParamSpec('base_frame_id', '', 'frame_id of published actions (empty: base_frame_id of the embodiment config)',
+              True),
     ParamSpec('publish_twist', False, 'also publish geometry_msgs/TwistStamped = delta / control_period_s', True),
     ParamSpec('control_period_s', 0.2, 'time one action is meant to take (Bridge: 5 Hz), seconds; '
               'divides the delta for the twist output', True, float_range=(0.001, 10.0)),
@@ -114,8 +116,6 @@ def check_value(name: str, value) -> str | None:
         u = urlparse(str(value))
         if u.scheme not in ('http', 'https') or not u.netloc:
             return f'server_url={value!r} is not an http(s) URL'
-    if name == 'base_frame_id' and not str(value):
-        return 'base_frame_id must not be empty'
     return None
 
 
