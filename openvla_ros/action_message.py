@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from openvla_ros.engine.api import InvalidModelOutputError, PredictionResult
+from openvla_ros.stamps import ns_to_sec_nanosec
 
 ENDEFFECTOR_DELTA_TYPE = 'openvla_ros/msg/EndEffectorDelta'
 # Bridge / OpenVLA action layout: [dx, dy, dz, droll, dpitch, dyaw, gripper]
@@ -48,7 +49,7 @@ def prediction_to_delta_fields(result: PredictionResult, instruction: str, stamp
     if not (np.all(np.isfinite(action)) and np.all(np.isfinite(normalized))):
         raise InvalidModelOutputError(f'action contains non-finite values: {action.tolist()}')
     latency = float(result.timings.get('total', 0.0))
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    sec, nanosec = ns_to_sec_nanosec(stamp_ns)
     t, r = action[TRANSLATION_SLICE], action[ROTATION_SLICE]
     return {
         'header': {'stamp': {'sec': sec, 'nanosec': nanosec}, 'frame_id': str(frame_id)},

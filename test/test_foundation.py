@@ -14,7 +14,8 @@ from openvla_ros import defaults, paths, runtime_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE_PACKAGES = ['openvla_ros.engine', 'openvla_ros.control', 'openvla_ros.sim', 'openvla_ros.server']
-CORE_MODULES = ['openvla_ros.defaults', 'openvla_ros.paths', 'openvla_ros.imaging', 'openvla_ros.runtime_env']
+CORE_MODULES = ['openvla_ros.defaults', 'openvla_ros.paths', 'openvla_ros.imaging', 'openvla_ros.runtime_env',
+                'openvla_ros.stamps']
 
 
 def test_ros_free_core_imports_no_rclpy():
@@ -125,3 +126,19 @@ def test_defaults_are_absolute_or_private_topics():
     for k, v in vars(defaults).items():
         if k.endswith('_TOPIC'):
             assert v.startswith('/') or v.startswith('~/'), (k, v)
+
+
+def test_stamp_conversions_keep_nanosec_in_range():
+    from types import SimpleNamespace
+
+    from openvla_ros.stamps import ns_to_sec_nanosec, s_to_sec_nanosec, stamp_to_ns, stamp_to_s
+
+    # rounding up to a whole second carries into sec instead of giving nanosec == 1e9
+    assert s_to_sec_nanosec(1.9999999999) == (2, 0)
+    assert s_to_sec_nanosec(0.25) == (0, 250_000_000)
+    assert ns_to_sec_nanosec(-1) == (-1, 999_999_999)
+    stamp = SimpleNamespace(sec=12, nanosec=345_000_000)
+    assert stamp_to_ns(stamp) == 12_345_000_000
+    assert stamp_to_s(stamp) == pytest.approx(12.345)
+    with pytest.raises(ValueError):
+        s_to_sec_nanosec(float('nan'))

@@ -27,8 +27,8 @@ import numpy as np
 from openvla_ros import defaults
 from openvla_ros.action_message import (ENDEFFECTOR_DELTA_TYPE, GRIPPER_INDEX, delta_action_vector,
                                      delta_fields_to_rosbags, dim_names, prediction_to_delta_fields)
-from openvla_ros.bag.storage import (BagError, BagSource, open_writer, prepare_output, project_typestore,
-                                     stamp_to_ns)
+from openvla_ros.bag.storage import BagError, BagSource, open_writer, prepare_output, project_typestore
+from openvla_ros.stamps import NS_PER_S, stamp_to_ns
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 COMPRESSED_IMAGE_TYPE = 'sensor_msgs/msg/CompressedImage'
@@ -265,7 +265,7 @@ def run_eval(opts: EvalOptions) -> int:
     predictions: list[Prediction] = []
     references: list[Reference] = []
     instruction = opts.instruction
-    period_ns = int(1e9 / opts.rate_hz) if opts.rate_hz else 0
+    period_ns = int(NS_PER_S / opts.rate_hz) if opts.rate_hz else 0
     last_selected_ns = None
     wanted = [t for t in (topics.image, topics.instruction, topics.reference) if t]
     fatal = None
@@ -325,7 +325,7 @@ def run_eval(opts: EvalOptions) -> int:
         src.close()
 
     by_stamp = topics.reference_type == ENDEFFECTOR_DELTA_TYPE
-    matches = match_references(predictions, references, by_stamp, int(opts.match_tolerance_s * 1e9))
+    matches = match_references(predictions, references, by_stamp, int(opts.match_tolerance_s * NS_PER_S))
     pairs = []
     for p, r in zip(predictions, matches):
         if r is None:

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 
 from openvla_ros import defaults
-from openvla_ros.bag.storage import BagError, BagSource, ns_to_sec_nanosec
+from openvla_ros.bag.storage import BagError, BagSource
+from openvla_ros.stamps import NS_PER_S, ns_to_sec_nanosec
 
 DEFAULT_CLOCK_HZ = 40.0   # what `ros2 bag play --clock` uses
 STEP_TIMEOUT_S = 5.0
@@ -124,7 +125,7 @@ class Player:
         if self._anchor is None:
             return self._bag_now_ns
         wall0, bag0 = self._anchor
-        return bag0 + int((now - wall0) * self.opts.rate * 1e9)
+        return bag0 + int((now - wall0) * self.opts.rate * NS_PER_S)
 
     def _wait_turn(self, t_ns: int) -> dict | None | bool:
         """Block until message time ``t_ns`` is due (or a step is requested while paused).
@@ -146,7 +147,7 @@ class Player:
                     start = self._bag_now_ns if self._bag_now_ns is not None else t_ns
                     self._anchor = (now, min(start, t_ns))
                 wall0, bag0 = self._anchor
-                due = wall0 + (t_ns - bag0) / (self.opts.rate * 1e9)
+                due = wall0 + (t_ns - bag0) / (self.opts.rate * NS_PER_S)
                 if now >= due:
                     return None
                 self._bag_now_ns = self._current_bag_time(now)

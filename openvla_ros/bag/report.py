@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from openvla_ros.action_message import dim_names
+from openvla_ros.stamps import NS_PER_S
 
 ACTIONS_PLOT = 'actions.png'
 ERROR_PLOT = 'error.png'
@@ -21,7 +22,7 @@ def plot_actions(predictions, references, out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     t0 = predictions[0].stamp_ns
-    t = np.array([(p.stamp_ns - t0) / 1e9 for p in predictions])
+    t = np.array([(p.stamp_ns - t0) / NS_PER_S for p in predictions])
     pred = np.stack([p.action for p in predictions])
     names = dim_names(pred.shape[1])
     matched = [(i, r) for i, r in enumerate(references) if r is not None and r.action.shape == pred[i].shape]

@@ -19,7 +19,6 @@ from typing import Iterable, Iterator
 from openvla_ros.paths import share_dir
 
 PROJECT_PACKAGE = 'openvla_ros'
-NS_PER_S = 1_000_000_000
 
 
 class BagError(Exception):
@@ -44,15 +43,6 @@ def project_typestore():
         raise BagError(f'no message definitions found in {msg_dir()}')
     store.register(types)
     return store
-
-
-def stamp_to_ns(stamp) -> int:
-    """``builtin_interfaces/Time`` (rclpy or rosbags object) -> integer nanoseconds."""
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
-
-
-def ns_to_sec_nanosec(ns: int) -> tuple[int, int]:
-    return int(ns) // NS_PER_S, int(ns) % NS_PER_S
 
 
 @dataclass

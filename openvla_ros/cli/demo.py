@@ -29,7 +29,7 @@ import numpy as np
 
 from openvla_ros import defaults, runtime_env
 from openvla_ros.cli.bringup import stop_processes
-from openvla_ros.nodes.common import stamp_to_s
+from openvla_ros.stamps import stamp_to_s
 
 DEFAULT_CHECKPOINT = Path('output/models/openvla-tiny')
 DEFAULT_OUTPUT_ROOT = Path('output/demo')

@@ -32,9 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from openvla_ros.action_message import (ACTION_DIM_NAMES, GRIPPER_INDEX, MIN_ACTION_DIM, ROTATION_SLICE,
+                                        TRANSLATION_SLICE)
 from openvla_ros.control.geometry import Pose, rotation_from_static_xyz
 
-ACTION_DIM = 7  # dx, dy, dz, droll, dpitch, dyaw, gripper
+ACTION_DIM = MIN_ACTION_DIM  # the controller takes exactly the Bridge layout, no extra dimensions
 
 # Names of the limits reported when they change a command (ControllerStatus.active_limits).
 TRANSLATION_CLIP = 'translation_clip'
@@ -71,25 +73,26 @@ def validate_action(values) -> np.ndarray:
         raise InvalidActionError(f'action is not numeric: {exc}') from None
     if a.shape[0] != ACTION_DIM:
         raise InvalidActionError(f'action has {a.shape[0]} values, expected {ACTION_DIM} '
-                                 '[dx, dy, dz, droll, dpitch, dyaw, gripper]')
+                                 f'[{", ".join(ACTION_DIM_NAMES)}]')
     if not np.all(np.isfinite(a)):
-        bad = [i for i in range(ACTION_DIM) if not np.isfinite(a[i])]
+        bad = np.flatnonzero(~np.isfinite(a)).tolist()
         raise InvalidActionError(f'action has non-finite values at indices {bad}')
     return a
 
 
 def clip_action(action: np.ndarray, limits: StepLimits) -> tuple[np.ndarray, tuple[str, ...]]:
     a = validate_action(action)
+    t, r, g = TRANSLATION_SLICE, ROTATION_SLICE, GRIPPER_INDEX
     out = a.copy()
-    out[0:3] = np.clip(a[0:3], -limits.max_translation_step_m, limits.max_translation_step_m)
-    out[3:6] = np.clip(a[3:6], -limits.max_rotation_step_rad, limits.max_rotation_step_rad)
-    out[6] = np.clip(a[6], 0.0, 1.0)
+    out[t] = np.clip(a[t], -limits.max_translation_step_m, limits.max_translation_step_m)
+    out[r] = np.clip(a[r], -limits.max_rotation_step_rad, limits.max_rotation_step_rad)
+    out[g] = np.clip(a[g], 0.0, 1.0)
     active = []
-    if np.any(out[0:3] != a[0:3]):
+    if np.any(out[t] != a[t]):
         active.append(TRANSLATION_CLIP)
-    if np.any(out[3:6] != a[3:6]):
+    if np.any(out[r] != a[r]):
         active.append(ROTATION_CLIP)
-    if out[6] != a[6]:
+    if out[g] != a[g]:
         active.append(GRIPPER_CLIP)
     return out, tuple(active)
 
@@ -101,8 +104,8 @@ def apply_bridge_delta(previous_target: Pose, action, limits: StepLimits,
     ``pivot_m``: the point the rotation is applied about; None means the previous target
     position (position_next = t_prev + d exactly)."""
     clipped, active = clip_action(action, limits)
-    d = clipped[0:3]
-    r_d = rotation_from_static_xyz(*clipped[3:6])
+    d = clipped[TRANSLATION_SLICE]
+    r_d = rotation_from_static_xyz(*clipped[ROTATION_SLICE])
     t_prev = previous_target.position
     position = t_prev + d
     if pivot_m is not None:
@@ -113,4 +116,4 @@ def apply_bridge_delta(previous_target: Pose, action, limits: StepLimits,
     if np.any(clipped_position != position):
         active = active + (WORKSPACE_CLIP,)
     rotation = r_d @ previous_target.rotation
-    return DeltaResult(Pose(clipped_position, rotation), float(clipped[6]), clipped, active)
+    return DeltaResult(Pose(clipped_position, rotation), float(clipped[GRIPPER_INDEX]), clipped, active)

@@ -127,9 +127,16 @@ class ArmKinematics:
             mink.SO3.from_matrix(target.rotation), target.position))
         iterations = 0
         pos_err = rot_err = np.inf
+        solver_note = ''
         for iterations in range(1, e.ik_max_iterations + 1):
-            vel = mink.solve_ik(self._configuration, [self._task], 1.0, 'daqp', damping=1e-4,
-                                limits=self._limits)
+            try:
+                vel = mink.solve_ik(self._configuration, [self._task], 1.0, 'daqp', damping=1e-4,
+                                    limits=self._limits)
+            except mink.NoSolutionFound as exc:
+                # A failed QP is a failed solve, not a controller crash: the check below decides
+                # on the configuration reached so far.
+                solver_note = f' (QP solver found no step: {exc})'
+                break
             self._configuration.integrate_inplace(vel, 1.0)
             err = self._task.compute_error(self._configuration)
             pos_err, rot_err = float(np.linalg.norm(err[:3])), float(np.linalg.norm(err[3:]))
@@ -144,8 +151,10 @@ class ArmKinematics:
         rot_err = reached.rotation_error_rad(target)
         if not self.within_limits(q):
             return IkResult(False, q, pos_err, rot_err, iterations, f'{JOINT_LIMIT}: solution outside the joint limits')
-        if pos_err > e.ik_position_tolerance_m or rot_err > e.ik_orientation_tolerance_rad:
+        # written so that a NaN residual fails too
+        if not (pos_err <= e.ik_position_tolerance_m and rot_err <= e.ik_orientation_tolerance_rad):
             return IkResult(False, q, pos_err, rot_err, iterations,
                             f'{IK_FAILED}: residual {pos_err * 1000:.1f} mm / {rot_err:.3f} rad '
-                            f'> {e.ik_position_tolerance_m * 1000:.1f} mm / {e.ik_orientation_tolerance_rad:.3f} rad')
+                            f'> {e.ik_position_tolerance_m * 1000:.1f} mm / {e.ik_orientation_tolerance_rad:.3f} rad'
+                            + solver_note)
         return IkResult(True, q, pos_err, rot_err, iterations)

@@ -25,6 +25,7 @@ reads them when it runs, so a change applies from the next action or tick on.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,7 +106,7 @@ class SafetyController:
     def update_joints(self, positions: dict) -> None:
         """Merge measured joint positions by name (a JointState may carry a subset)."""
         for name, value in positions.items():
-            if np.isfinite(value):
+            if math.isfinite(value):  # per JointState message: math, not numpy, on scalars
                 self._joints[name] = float(value)
 
     def measured_q(self) -> np.ndarray | None:
@@ -226,17 +227,25 @@ class SafetyController:
             return self._refuse(f'invalid action: {exc}')
         if not np.isfinite(action.stamp_s):
             return self._refuse('invalid action: stamp is not finite')
-        age = now_s - action.stamp_s
-        if age > e.max_action_age_s:
-            return self._refuse(f'stale action: age {age:.2f} s > {e.max_action_age_s:.2f} s')
-        if age < -e.max_action_age_s:
-            return self._refuse(f'stale action: stamp {-age:.2f} s in the future')
+        stale = self._stale_reason(action, now_s)
+        if stale:
+            return self._refuse(stale)
         if e.blocking and self._goal_deadline_s is not None:
             if self._pending is not None:
                 self.counters.dropped_while_busy += 1
             self._pending = action
             return Refusal('blocking: waiting for the goal; action kept as the newest pending')
         return self._execute(action, now_s)
+
+    def _stale_reason(self, action: ActionInput, now_s: float) -> str:
+        """Why the action's image stamp is too old (or too far in the future); '' when fresh."""
+        limit = self.embodiment.max_action_age_s
+        age = now_s - action.stamp_s
+        if age > limit:
+            return f'stale action: age {age:.2f} s > {limit:.2f} s'
+        if age < -limit:
+            return f'stale action: stamp {-age:.2f} s in the future'
+        return ''
 
     def _execute(self, action: ActionInput, now_s: float) -> Command | Refusal:
         e = self.embodiment
@@ -307,9 +316,9 @@ class SafetyController:
                     self._event('blocking: goal not reached before the timeout')
                 pending, self._pending = self._pending, None
                 if pending is not None:
-                    age = now_s - pending.stamp_s
-                    if age > e.max_action_age_s:
-                        return self._refuse(f'stale action: age {age:.2f} s > {e.max_action_age_s:.2f} s '
-                                            '(pending while blocking)')
+                    # checked again: the limits may have changed and time has passed while blocking
+                    stale = self._stale_reason(pending, now_s)
+                    if stale:
+                        return self._refuse(f'{stale} (pending while blocking)')
                     return self._execute(pending, now_s)
         return None

@@ -40,6 +40,7 @@ from openvla_ros.control.kinematics import ArmKinematics
 from openvla_ros.control.safety import ActionInput, Command, Mode, Refusal, SafetyController
 from openvla_ros.msg import ControllerStatus, EndEffectorDelta
 from openvla_ros.nodes import common
+from openvla_ros.stamps import s_to_sec_nanosec
 
 CONTROL_TICK_S = 0.02      # watchdog / blocking-goal polling period
 STATUS_PERIOD_S = 1.0
@@ -83,12 +84,9 @@ def _param_to_field(value):
     return value
 
 
-_MODE_NAMES = {m: m.name for m in Mode}
-
-
 def _duration_msg(seconds: float) -> Duration:
-    sec = int(seconds)
-    return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)))
+    sec, nanosec = s_to_sec_nanosec(seconds)
+    return Duration(sec=sec, nanosec=nanosec)
 
 
 class ArmControllerNode(LifecycleNode):
@@ -265,6 +263,8 @@ class ArmControllerNode(LifecycleNode):
 
     def _on_joint_state(self, msg: JointState) -> None:
         if len(msg.name) != len(msg.position):
+            self.get_logger().warning(f'JointState ignored: {len(msg.name)} names but {len(msg.position)} '
+                                      'positions', throttle_duration_sec=5.0)
             return
         with self._lock:
             if self._controller is None:
@@ -404,9 +404,7 @@ class ArmControllerNode(LifecycleNode):
         msg.embodiment = e.name
         msg.enabled = c.enabled
         msg.estop_latched = c.estop_latched
-        msg.last_event = c.last_event if (c.last_event or not self._config_event) else self._config_event
-        if mode is Mode.ERROR and not c.last_event:
-            msg.last_event = 'no joint states'
+        msg.last_event = self._last_event_text(c, mode)
         msg.active_limits = list(c.active_limits)
         if c.target is not None:
             self._fill_pose(msg.target_pose, c.target)
@@ -417,15 +415,29 @@ class ArmControllerNode(LifecycleNode):
         msg.actions_rejected = c.counters.rejected
         return msg
 
+    def _last_event_text(self, c: SafetyController, mode: Mode) -> str:
+        if mode is Mode.ERROR and not c.last_event:
+            return 'no joint states'
+        return c.last_event if (c.last_event or not self._config_event) else self._config_event
+
+    def _status_key(self) -> tuple:
+        """What decides whether a status is new; built without the message (the control tick
+        asks at 50 Hz, and most ticks change nothing)."""
+        c = self._controller
+        if c is None:
+            return (None, self._config_event or self._load_error)
+        mode = c.mode
+        cnt = c.counters
+        return (mode, self._active, c.enabled, c.estop_latched, self._last_event_text(c, mode),
+                c.active_limits, cnt.received, cnt.executed, cnt.rejected)
+
     def _publish_status(self, force: bool = False) -> None:
         with self._lock:
-            msg = self._status_msg()
-            key = (msg.state, msg.state_name, msg.enabled, msg.estop_latched, msg.last_event,
-                   tuple(msg.active_limits), msg.actions_received, msg.actions_executed, msg.actions_rejected)
+            key = self._status_key()
             if not force and key == self._last_status_key:
                 return
             self._last_status_key = key
-            self._status_pub.publish(msg)
+            self._status_pub.publish(self._status_msg())
 
     def _on_status_timer(self) -> None:
         self._publish_status(force=True)

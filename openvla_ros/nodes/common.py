@@ -18,6 +18,7 @@ from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from openvla_ros import defaults
+from openvla_ros.stamps import stamp_to_s  # noqa: F401 (nodes use common.stamp_to_s)
 
 OK = DiagnosticStatus.OK
 WARN = DiagnosticStatus.WARN
@@ -120,10 +121,6 @@ class DiagnosticsPublisher:
 
     def destroy(self) -> None:
         self._node.destroy_publisher(self._pub)
-
-
-def stamp_to_s(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def now_s(node) -> float:

@@ -15,7 +15,6 @@ time: the next tick catches up, and images always show the physics state at thei
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 
@@ -30,7 +29,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from openvla_ros import defaults
 from openvla_ros.imaging import rgb_to_image_fields
-from openvla_ros.nodes.common import reliable_qos, run_node, stamp_to_s
+from openvla_ros.nodes.common import reliable_qos, run_node
+from openvla_ros.stamps import s_to_sec_nanosec, stamp_to_s
 from openvla_ros.sim import CAMERA_NAME, TrajectoryError, WorkcellSim
 
 # When the node falls further behind real time than this, it gives the backlog up rather than
@@ -43,8 +43,8 @@ WARN_THROTTLE_S = 2.0
 
 
 def _stamp(t_s: float) -> Time:
-    sec = int(math.floor(t_s))
-    return Time(sec=sec, nanosec=min(int(round((t_s - sec) * 1e9)), 999_999_999))
+    sec, nanosec = s_to_sec_nanosec(t_s)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 class SimNode(Node):

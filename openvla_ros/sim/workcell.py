@@ -44,11 +44,6 @@ class Pose:
     quat_wxyz: np.ndarray
 
     @property
-    def quat_xyzw(self) -> np.ndarray:
-        """The quaternion in ROS message order (x, y, z, w)."""
-        return np.roll(self.quat_wxyz, -1)
-
-    @property
     def rotation_matrix(self) -> np.ndarray:
         m = np.zeros(9)
         mujoco.mju_quat2Mat(m, self.quat_wxyz)
