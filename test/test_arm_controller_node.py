@@ -51,6 +51,12 @@ class Rig:
         self.joint_pub = c.create_publisher(JointState, defaults.JOINT_STATES_TOPIC, 10)
         self.estop_pub = c.create_publisher(Bool, defaults.ESTOP_TOPIC, common.latched_qos())
         self.enable_cli = c.create_client(SetBool, f'/{defaults.ARM_CONTROLLER_NODE}/enable')
+        # Like a robot's joint_state_broadcaster: the latest joint state is re-published at 20 Hz
+        # from its own thread, whatever the test is doing (the controller refuses to act on stale
+        # joint states).
+        self._joint_state: JointState | None = None
+        self._joints_thread = threading.Thread(target=self._republish_joints, daemon=True)
+        self._joints_thread.start()
         self.reset_estop_cli = c.create_client(Trigger, f'/{defaults.ARM_CONTROLLER_NODE}/reset_estop')
 
     def _spin(self):
@@ -65,6 +71,7 @@ class Rig:
     def close(self):
         self._stop.set()
         self._thread.join(5)
+        self._joints_thread.join(5)
         self.node_exec.shutdown(timeout_sec=1)
         self.exec.shutdown(timeout_sec=1)
         self.node.destroy_node()
@@ -74,7 +81,17 @@ class Rig:
         return spin_until(self.exec, predicate, timeout_s)
 
     def publish_joints(self, names, q):
-        self.joint_pub.publish(JointState(name=list(names), position=[float(x) for x in q]))
+        self._joint_state = JointState(name=list(names), position=[float(x) for x in q])
+        self.joint_pub.publish(self._joint_state)
+
+    def stop_joints(self):
+        self._joint_state = None
+
+    def _republish_joints(self):
+        while not self._stop.wait(0.05):
+            state = self._joint_state
+            if state is not None:
+                self.joint_pub.publish(state)
 
     def send_action(self, values, age_s=0.0):
         msg = EndEffectorDelta()
@@ -180,7 +197,7 @@ def test_estop_latches_until_reset(bridge_rig, bridge_start_q):
     assert rig.wait(lambda: not rig.statuses[-1].estop_latched)
     rig.publish_joints(e.arm_joints, q)
     rig.send_action([0.01, 0, 0, 0, 0, 0, 1.0])
-    assert rig.wait(lambda: len(rig.trajectories) > n and rig.trajectories[-1].points[0].positions[:6] != list(q))
+    assert rig.wait(lambda: len(rig.trajectories) > n and rig.trajectories[-1].points[0].positions[:6] != list(q)), (n, len(rig.trajectories), rig.statuses[-1])
 
 
 def test_servo_twist_resent_then_zero(ros_context):
@@ -265,7 +282,7 @@ def test_blocking_keeps_the_newest_action_until_the_goal_is_reached(ros_context,
         assert rig.wait(lambda: rig.statuses[-1].actions_received == 4)
         rig.wait(lambda: False, timeout_s=1.0)
         assert len(rig.trajectories) == 2 and rig.statuses[-1].actions_executed == 2
-        assert rig.wait(lambda: len(rig.trajectories) == 3, timeout_s=10.0)
+        assert rig.wait(lambda: len(rig.trajectories) == 3, timeout_s=10.0), rig.statuses[-1]
         third = _trajectory_pose(kin, rig.trajectories[2]).position
         np.testing.assert_allclose(third, start + [0.0, 0, 0.03], atol=1e-3)
         assert rig.wait(lambda: rig.statuses[-1].actions_executed == 3)

@@ -114,6 +114,26 @@ def test_refusals(bridge, kin, start_q):
     assert none.on_action(ActionInput((0,) * 6 + (1,), 10.0), 10.0).reason == 'no joint states'
 
 
+def test_stale_joint_states_refuse_actions_and_send_no_hold(bridge, kin, start_q):
+    e = bridge.with_overrides(start_enabled=True, max_joint_state_age_s=0.5, watchdog_timeout_s=1.0)
+    c = SafetyController(e, kin)
+    c.update_joints(dict(zip(e.arm_joints, start_q)), now_s=10.0)
+    assert isinstance(c.on_action(ActionInput((0.01, 0, 0, 0, 0, 0, 1.0), 10.2), 10.2), Command)
+    # joint states stop arriving: the next action is refused, nothing of it is used
+    target = c.target
+    r = c.on_action(ActionInput((0.01, 0, 0, 0, 0, 0, 1.0), 10.8), 10.8)
+    assert isinstance(r, Refusal) and r.reason.startswith('joint states stale: age 0.80 s > 0.50 s')
+    assert c.target is target
+    # the watchdog trips, but a hold at a pose measured 1.5 s ago could itself move the arm
+    assert c.tick(11.5) is None
+    assert 'watchdog' in c.last_event and 'no hold command sent' in c.last_event
+    assert c.mode is Mode.HOLDING
+    # fresh joint states again: actions are accepted, starting from the measured pose
+    c.update_joints(dict(zip(e.arm_joints, start_q)), now_s=12.0)
+    cmd = c.on_action(ActionInput((0.01, 0, 0, 0, 0, 0, 1.0), 12.0), 12.0)
+    np.testing.assert_allclose(cmd.target.position, kin.forward(start_q).position + [0.01, 0, 0], atol=1e-9)
+
+
 def test_estop_latches_until_reset(bridge, kin, start_q):
     c = _controller(bridge, kin, start_q)
     hold = c.set_estop(True)

@@ -64,6 +64,7 @@ class Embodiment:
     gripper: GripperMapping | None = None
     watchdog_timeout_s: float = 1.0
     max_action_age_s: float = 0.5
+    max_joint_state_age_s: float = 0.5
     start_enabled: bool = False
     blocking: bool = False
     blocking_timeout_s: float = 1.0
@@ -127,7 +128,7 @@ def validate(e: Embodiment) -> None:
         _fail('arm_joints', 'has duplicates')
     for key in ('ik_position_tolerance_m', 'ik_orientation_tolerance_rad', 'max_joint_speed_rad_s',
                 'control_period_s', 'max_translation_step_m', 'max_rotation_step_rad',
-                'watchdog_timeout_s', 'max_action_age_s', 'blocking_timeout_s',
+                'watchdog_timeout_s', 'max_action_age_s', 'max_joint_state_age_s', 'blocking_timeout_s',
                 'goal_position_tolerance_m', 'goal_orientation_tolerance_rad', 'servo_rate_hz'):
         _positive(e, key)
     if not isinstance(e.ik_max_iterations, int) or e.ik_max_iterations < 1:
@@ -187,6 +188,7 @@ _SECTIONS = {
         'max_rotation_step_rad': 'max_rotation_step_rad', 'workspace_low_m': 'workspace_low_m',
         'workspace_high_m': 'workspace_high_m', 'rotation_pivot': 'rotation_pivot',
         'watchdog_timeout_s': 'watchdog_timeout_s', 'max_action_age_s': 'max_action_age_s',
+        'max_joint_state_age_s': 'max_joint_state_age_s',
         'start_enabled': 'start_enabled', 'blocking': 'blocking',
         'blocking_timeout_s': 'blocking_timeout_s',
         'goal_position_tolerance_m': 'goal_position_tolerance_m',

@@ -9,7 +9,8 @@ command, never extrapolate the last motion.
 Rules, in the order they are checked for an action:
 1. e-stop latched → refused until :meth:`reset_estop` (which needs the e-stop input released);
 2. not enabled → refused (the controller starts disabled unless ``start_enabled``);
-3. no joint measurement yet → refused (state ERROR);
+3. no joint measurement yet → refused (state ERROR); joint states older than
+   ``max_joint_state_age_s`` → refused (the IK seed and the hold pose would be stale);
 4. wrong length / NaN / inf → refused, nothing of the action is used;
 5. image stamp older than ``max_action_age_s`` (or that far in the future) → refused as stale;
 6. blocking mode with a goal still pending → dropped, the newest is kept for when the goal is
@@ -18,7 +19,8 @@ Rules, in the order they are checked for an action:
    enable, hold, e-stop reset or ``reset_target``), per-step and workspace clips;
 8. IK from the measured joints; failure or a joint limit → refused, the target is not advanced;
 9. trajectory duration stretched so no joint exceeds ``max_joint_speed_rad_s``.
-:meth:`tick` runs the watchdog (no accepted action for ``watchdog_timeout_s`` → one hold command)
+:meth:`tick` runs the watchdog (no accepted action for ``watchdog_timeout_s`` → one hold command,
+none while the joint states are stale: a hold at an old measured pose could itself move the arm)
 and the blocking-mode bookkeeping. :meth:`update_limits` replaces limits while running; every rule
 reads them when it runs, so a change applies from the next action or tick on.
 """
@@ -96,6 +98,7 @@ class SafetyController:
         self.target_gripper: float | None = None
         self.last_action_stamp_s: float | None = None
         self._joints: dict[str, float] = {}
+        self._joints_time_s: float | None = None
         self._last_accepted_s: float | None = None
         self._needs_reseed = True
         self._watchdog_tripped = False
@@ -103,11 +106,22 @@ class SafetyController:
         self._pending: ActionInput | None = None
 
     # ---------------------------------------------------------------- inputs
-    def update_joints(self, positions: dict) -> None:
-        """Merge measured joint positions by name (a JointState may carry a subset)."""
+    def update_joints(self, positions: dict, now_s: float | None = None) -> None:
+        """Merge measured joint positions by name (a JointState may carry a subset), received at
+        ``now_s`` (the clock of :meth:`on_action` / :meth:`tick`; None: freshness not tracked)."""
         for name, value in positions.items():
             if math.isfinite(value):  # per JointState message: math, not numpy, on scalars
                 self._joints[name] = float(value)
+        if now_s is not None:
+            self._joints_time_s = now_s
+
+    def joint_states_stale(self, now_s: float) -> str:
+        """Why the joint measurement is too old to act on; '' when fresh (or not tracked)."""
+        if self._joints_time_s is None:
+            return ''
+        age = now_s - self._joints_time_s
+        limit = self.embodiment.max_joint_state_age_s
+        return f'joint states stale: age {age:.2f} s > {limit:.2f} s' if age > limit else ''
 
     def measured_q(self) -> np.ndarray | None:
         try:
@@ -143,11 +157,16 @@ class SafetyController:
         self.last_event = reason
         self.active_limits = tuple(limits)
 
-    def _enter_hold(self, reason: str) -> Command | None:
-        """Hold the measured pose; the next action starts from the measured pose again."""
+    def _enter_hold(self, reason: str, now_s: float | None = None) -> Command | None:
+        """Hold the measured pose; the next action starts from the measured pose again.
+        With ``now_s`` and stale joint states, no hold command is produced (only the state)."""
         self._needs_reseed = True
         self._goal_deadline_s = None
         self._pending = None
+        stale = self.joint_states_stale(now_s) if now_s is not None else ''
+        if stale:
+            self._event(f'{reason}; {stale}: no hold command sent')
+            return None
         self._event(reason)
         return self.hold_command(reason)
 
@@ -221,6 +240,9 @@ class SafetyController:
             return self._refuse('disabled')
         if self.measured_q() is None:
             return self._refuse('no joint states')
+        stale_joints = self.joint_states_stale(now_s)
+        if stale_joints:
+            return self._refuse(stale_joints)
         try:
             validate_action(action.values)
         except InvalidActionError as exc:
@@ -307,7 +329,7 @@ class SafetyController:
         if self.mode is Mode.TRACKING and now_s - self._last_accepted_s > e.watchdog_timeout_s:
             self._watchdog_tripped = True
             return self._enter_hold(f'watchdog: no fresh action for {now_s - self._last_accepted_s:.2f} s '
-                                    f'> {e.watchdog_timeout_s:.2f} s')
+                                    f'> {e.watchdog_timeout_s:.2f} s', now_s)
         if self._goal_deadline_s is not None:
             reached = self.goal_reached()
             if reached or now_s >= self._goal_deadline_s:
@@ -317,7 +339,7 @@ class SafetyController:
                 pending, self._pending = self._pending, None
                 if pending is not None:
                     # checked again: the limits may have changed and time has passed while blocking
-                    stale = self._stale_reason(pending, now_s)
+                    stale = self.joint_states_stale(now_s) or self._stale_reason(pending, now_s)
                     if stale:
                         return self._refuse(f'{stale} (pending while blocking)')
                     return self._execute(pending, now_s)

@@ -62,6 +62,8 @@ SAFETY_PARAMS = {
         'maximum joint speed; trajectory durations are stretched to respect it, rad/s', 0.01, 10.0, True),
     'watchdog_timeout_s': SafetyParam('no fresh action for this long -> hold, s', 0.01, 60.0, True),
     'max_action_age_s': SafetyParam('actions whose image stamp is older are ignored, s', 0.001, 60.0, True),
+    'max_joint_state_age_s': SafetyParam('actions are refused (and no hold is sent) while the newest joint state '
+                                         'is older than this, s', 0.001, 60.0, True),
     'blocking_timeout_s': SafetyParam('blocking mode: longest wait for the goal, s', 0.01, 60.0, False),
     'goal_position_tolerance_m': SafetyParam('blocking mode: goal position tolerance, m', 0.0001, 1.0, False),
     'goal_orientation_tolerance_rad': SafetyParam('blocking mode: goal orientation tolerance, rad',
@@ -269,7 +271,7 @@ class ArmControllerNode(LifecycleNode):
         with self._lock:
             if self._controller is None:
                 return
-            self._controller.update_joints(dict(zip(msg.name, msg.position)))
+            self._controller.update_joints(dict(zip(msg.name, msg.position)), self._now_s())
 
     def _on_estop(self, msg: Bool) -> None:
         with self._lock:

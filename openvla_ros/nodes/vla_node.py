@@ -46,12 +46,14 @@ except ImportError:  # Humble
 
 from openvla_ros import defaults
 from openvla_ros.action_message import MIN_ACTION_DIM as BRIDGE_ACTION_DIM
-from openvla_ros.action_message import fill_message, prediction_to_delta_fields
+from openvla_ros.action_message import (GRIPPER_INDEX, TRANSLATION_SLICE, fill_message,
+                                        prediction_to_delta_fields)
 from openvla_ros.control.embodiment import EmbodimentConfigError, load_embodiment
 from openvla_ros.engine.api import OpenVLAError
 from openvla_ros.imaging import ImageConversionError, compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_fields
 from openvla_ros.msg import EndEffectorDelta, VlaStatus
 from openvla_ros.nodes import common
+from openvla_ros.stamps import stamp_to_ns
 from openvla_ros.nodes import vla_backend, vla_params
 
 STATS_WINDOW_S = 10.0
@@ -374,7 +376,7 @@ class VlaNode(LifecycleNode):
                 self._last_event = f'image rejected: {exc}'
             self.get_logger().warning(self._last_event, throttle_duration_sec=WARN_THROTTLE_S)
             return
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        stamp_ns = stamp_to_ns(msg.header.stamp)
         with self._cond:
             self._last_frame_stamp_ns = stamp_ns
             if not self._active:
@@ -418,7 +420,10 @@ class VlaNode(LifecycleNode):
                 rate = float(self._p['max_rate_hz'])
                 max_age = float(self._p['max_image_age_s'])
             next_start = time.monotonic() + (1.0 / rate if rate > 0 else 0.0)
-            self._infer(frame, instruction, max_age)
+            try:
+                self._infer(frame, instruction, max_age)
+            except Exception as exc:  # publishing or status failed: report, keep the worker alive
+                self._report_error(exc)
 
     def _infer(self, frame: _Frame, instruction: str, max_age_s: float) -> None:
         age_s = (self._now_ns() - frame.stamp_ns) * 1e-9
@@ -487,7 +492,7 @@ class VlaNode(LifecycleNode):
         from openvla_ros.nodes import vla_debug_image
 
         try:
-            img = vla_debug_image.render(frame.rgb, instruction, action[0:3], float(action[6]))
+            img = vla_debug_image.render(frame.rgb, instruction, action[TRANSLATION_SLICE], float(action[GRIPPER_INDEX]))
             out = Image(header=frame.header, **rgb_to_image_fields(img, 'rgb8'))
             self._debug_pub.publish(out)
         except Exception as exc:  # a drawing problem must never stop the actions
