@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import rclpy
 from builtin_interfaces.msg import Duration
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
@@ -45,6 +46,8 @@ def test_sim_node_publishes_follows_trajectories_resets_and_exits_cleanly(proces
     node.create_subscription(Image, defaults.CAMERA_TOPIC, images.append, qos_profile_sensor_data)
     node.create_subscription(JointState, defaults.JOINT_STATES_TOPIC, states.append, 10)
     node.create_subscription(Clock, defaults.CLOCK_TOPIC, clocks.append, 10)
+    diagnostics = []
+    node.create_subscription(DiagnosticArray, defaults.DIAGNOSTICS_TOPIC, diagnostics.append, 10)
     traj_pub = node.create_publisher(JointTrajectory, defaults.JOINT_TRAJECTORY_TOPIC, 10)
     reset = node.create_client(Trigger, f'/{defaults.SIM_NODE}/reset')
     try:
@@ -57,6 +60,12 @@ def test_sim_node_publishes_follows_trajectories_resets_and_exits_cleanly(proces
         assert all(b > a for a, b in zip(stamps, stamps[1:]))
         # Sim-time stamps on the camera grid (10 Hz), not wall time.
         assert stamps[-1] < 1000 and np.allclose(np.array(stamps) * 10, np.round(np.array(stamps) * 10), atol=1e-3)
+        # rqt_robot_monitor sees the simulation's real-time factor and render time
+        assert spin_until(ex, lambda: diagnostics, 10.0)
+        status = diagnostics[-1].status[0]
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.name == f'{defaults.SIM_NODE}: simulation' and status.hardware_id == defaults.SIM_NODE
+        assert float(values['real_time_factor']) > 0 and float(values['render_ms_per_image']) > 0
         js = states[-1]
         assert list(js.name) == ['waist', 'shoulder', 'elbow', 'forearm_roll', 'wrist_angle', 'wrist_rotate',
                                  'left_finger', 'right_finger']

@@ -29,7 +29,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from openvla_ros import defaults
 from openvla_ros.imaging import rgb_to_image_fields
-from openvla_ros.nodes.common import reliable_qos, run_node
+from openvla_ros.nodes.common import OK, WARN, DiagnosticsPublisher, reliable_qos, run_node
 from openvla_ros.stamps import s_to_sec_nanosec, stamp_to_s
 from openvla_ros.sim import CAMERA_NAME, TrajectoryError, WorkcellSim
 
@@ -38,7 +38,8 @@ from openvla_ros.sim import CAMERA_NAME, TrajectoryError, WorkcellSim
 MAX_CATCH_UP_S = 0.25
 # Sim time advanced per tick when running as fast as possible (real_time_factor = 0).
 FREE_RUN_CHUNK_S = 0.05
-STATS_LOG_PERIOD_S = 5.0
+STATS_PERIOD_S = 1.0          # /diagnostics period (wall)
+STATS_LOG_EVERY = 5           # ... and a log line every this many periods
 WARN_THROTTLE_S = 2.0
 
 
@@ -92,6 +93,8 @@ class SimNode(Node):
         self._sim_anchor = self.sim.time_s
         self._stats_wall = self._wall_anchor
         self._stats_sim = self.sim.time_s
+        self._stats_count = 0
+        self._diagnostics = DiagnosticsPublisher(self, hardware_id=defaults.SIM_NODE)
         self._images = 0
         self._render_s = 0.0
         self._trajectories = 0
@@ -142,8 +145,8 @@ class SimNode(Node):
             target = self.sim.time_s + FREE_RUN_CHUNK_S
         self._advance_to(target)
         self._publish_clock()
-        if wall - self._stats_wall >= STATS_LOG_PERIOD_S:
-            self._log_stats(wall)
+        if wall - self._stats_wall >= STATS_PERIOD_S:
+            self._report_stats(wall)
 
     def _advance_to(self, target_s: float) -> None:
         dt = self.sim.timestep_s
@@ -189,15 +192,24 @@ class SimNode(Node):
         self.image_pub.publish(msg)
         self._images += 1
 
-    def _log_stats(self, wall: float) -> None:
+    def _report_stats(self, wall: float) -> None:
         wall_dt = wall - self._stats_wall
-        sim_dt = self.sim.time_s - self._stats_sim
+        rtf = (self.sim.time_s - self._stats_sim) / wall_dt
         images = self._images
-        self.get_logger().info(
-            f'sim time {self.sim.time_s:.1f} s, real-time factor {sim_dt / wall_dt:.2f} '
-            f'(target {self.real_time_factor:g}), camera {images / wall_dt:.1f} Hz wall, '
-            f'render {1000 * self._render_s / max(images, 1):.0f} ms/image, '
-            f'trajectories {self._trajectories} (rejected {self._rejected})')
+        render_ms = 1000 * self._render_s / max(images, 1)
+        slow = self.real_time_factor > 0 and rtf < 0.9 * self.real_time_factor
+        self._diagnostics.publish([self._diagnostics.status(
+            'simulation', WARN if slow else OK,
+            f'real-time factor {rtf:.2f} below target {self.real_time_factor:g}' if slow else 'ok',
+            {'sim_time_s': self.sim.time_s, 'real_time_factor': rtf, 'target_real_time_factor': self.real_time_factor,
+             'camera_rate_hz_wall': images / wall_dt, 'render_ms_per_image': render_ms,
+             'trajectories': self._trajectories, 'trajectories_rejected': self._rejected})])
+        self._stats_count += 1
+        if self._stats_count % STATS_LOG_EVERY == 0:
+            self.get_logger().info(
+                f'sim time {self.sim.time_s:.1f} s, real-time factor {rtf:.2f} '
+                f'(target {self.real_time_factor:g}), camera {images / wall_dt:.1f} Hz wall, '
+                f'render {render_ms:.0f} ms/image, trajectories {self._trajectories} (rejected {self._rejected})')
         self._stats_wall, self._stats_sim = wall, self.sim.time_s
         self._images, self._render_s = 0, 0.0
 
