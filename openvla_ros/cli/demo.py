@@ -388,7 +388,7 @@ def parse_args(argv):
     p.add_argument('--device', default='', help='torch device (cpu, cuda, cuda:N); default from the sim config')
     p.add_argument('--dtype', default='', help='float32 | bfloat16 | float16; default from the sim config')
     p.add_argument('--quantization', default='', help='none | 8bit | 4bit; default from the sim config')
-    p.add_argument('--unnorm-key', dest='unnorm_key', default='', help='dataset statistics key (default bridge_orig)')
+    p.add_argument('--unnorm-key', dest='unnorm_key', default='', help=f'dataset statistics key (default {defaults.DEFAULT_UNNORM_KEY})')
     p.add_argument('--instruction', default=DEFAULT_INSTRUCTION)
     p.add_argument('--duration-s', type=float, default=30.0, help='how long the loop runs once the graph is up (s)')
     p.add_argument('--startup-timeout-s', type=float, default=300.0,
