@@ -6,6 +6,7 @@ of the graph and is reused there.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -200,22 +201,32 @@ def test_debug_image_rendering_draws_on_the_model_input():
 # =====================================================================================
 # Node A: configured and active from the start
 # =====================================================================================
-@pytest.fixture(scope='module')
-def node_a(tmp_path_factory, tiny_checkpoint):
-    group = _start_node(tmp_path_factory, 'vla_node_a', f'model_path:={tiny_checkpoint}',
-                        'publish_twist:=true', 'control_period_s:=0.2', 'max_image_age_s:=2.0')
+@contextlib.contextmanager
+def running_vla_node(tmp_path_factory, name: str, *params: str, camera_publisher=None):
+    """A vla_node process that came up (IDLE) with ``camera_publisher(harness)`` (default: the
+    harness's Image publisher) and the instruction publisher matched; exits with code 0 afterwards.
+    Yields ``(harness, group, camera publisher)``."""
+    group = _start_node(tmp_path_factory, name, *params)
     harness = Harness()
     try:
+        pub = camera_publisher(harness) if camera_publisher else harness.image_pub
         running = harness.wait(lambda: harness.statuses and harness.statuses[-1].state == VlaStatus.STATE_IDLE,
                                STARTUP_TIMEOUT_S)
-        assert running, 'vla_node did not come up:\n' + group.log('vla_node_a')
-        harness.wait_subscribed(harness.image_pub)
+        assert running, 'vla_node did not come up:\n' + group.log(name)
+        harness.wait_subscribed(pub)
         harness.wait_subscribed(harness.instruction_pub)
-        yield harness, group
+        yield harness, group, pub
     finally:
         harness.close()
         codes = group.stop()
-        assert codes['vla_node_a'] == 0, group.log('vla_node_a')
+        assert codes[name] == 0, group.log(name)
+
+
+@pytest.fixture(scope='module')
+def node_a(tmp_path_factory, tiny_checkpoint):
+    with running_vla_node(tmp_path_factory, 'vla_node_a', f'model_path:={tiny_checkpoint}', 'publish_twist:=true',
+                          'control_period_s:=0.2', 'max_image_age_s:=2.0') as (harness, group, _):
+        yield harness, group
 
 
 @pytest.fixture(scope='module')

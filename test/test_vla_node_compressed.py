@@ -14,8 +14,7 @@ from std_msgs.msg import Header
 
 from openvla_ros import defaults
 from openvla_ros.imaging import compressed_msg_to_rgb
-from openvla_ros.msg import VlaStatus
-from test_vla_node import STARTUP_TIMEOUT_S, WAIT_S, Harness, _ns, _scenes, _stamp, _start_node
+from test_vla_node import WAIT_S, Harness, _ns, _scenes, _stamp, running_vla_node
 from test_vla_node import local_policy  # noqa: F401  (module fixture)
 
 pytestmark = pytest.mark.ros
@@ -36,21 +35,12 @@ def _publish_compressed(h: Harness, pub, data: bytes, fmt: str = 'png') -> int:
 
 @pytest.fixture(scope='module')
 def compressed_node(tmp_path_factory, tiny_checkpoint):
-    group = _start_node(tmp_path_factory, 'vla_node_compressed', f'model_path:={tiny_checkpoint}',
-                        'use_compressed:=true', 'self_test:=false', 'max_image_age_s:=2.0')
-    harness = Harness()
-    pub = harness.node.create_publisher(CompressedImage, defaults.COMPRESSED_CAMERA_TOPIC, QoSProfile(depth=10))
-    try:
-        up = harness.wait(lambda: harness.statuses and harness.statuses[-1].state == VlaStatus.STATE_IDLE,
-                          STARTUP_TIMEOUT_S)
-        assert up, 'vla_node did not come up:\n' + group.log('vla_node_compressed')
-        harness.wait_subscribed(pub)
-        harness.wait_subscribed(harness.instruction_pub)
+    with running_vla_node(tmp_path_factory, 'vla_node_compressed', f'model_path:={tiny_checkpoint}',
+                          'use_compressed:=true', 'self_test:=false', 'max_image_age_s:=2.0',
+                          camera_publisher=lambda h: h.node.create_publisher(
+                              CompressedImage, defaults.COMPRESSED_CAMERA_TOPIC, QoSProfile(depth=10))
+                          ) as (harness, _, pub):
         yield harness, pub
-    finally:
-        harness.close()
-        codes = group.stop()
-        assert codes['vla_node_compressed'] == 0, group.log('vla_node_compressed')
 
 
 def test_png_frames_give_the_engine_action_with_their_stamp(compressed_node, local_policy):  # noqa: F811
