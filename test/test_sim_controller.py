@@ -57,7 +57,7 @@ def test_bridge_deltas_move_the_simulated_end_effector_by_the_delta(rig):
     _execute(sim, ctrl, [0.02, 0, 0, 0, 0, 0, 1.0])
     after_x = sim.ee_pose()
     np.testing.assert_allclose(after_x.position - start.position, [0.02, 0, 0], atol=POSITION_TOL_M)
-    assert rotation_angle_rad(after_x.rotation_matrix, start.rotation_matrix) < ROTATION_TOL_RAD
+    assert rotation_angle_rad(after_x.rotation, start.rotation) < ROTATION_TOL_RAD
 
     # -1.5 cm z and +1 cm y together.
     _execute(sim, ctrl, [0, 0.01, -0.015, 0, 0, 0, 1.0])
@@ -67,9 +67,9 @@ def test_bridge_deltas_move_the_simulated_end_effector_by_the_delta(rig):
     # A yaw delta rotates about base z (R_next = Rz · R_prev), about the end-effector point.
     _execute(sim, ctrl, [0, 0, 0, 0, 0, 0.2, 1.0])
     after_yaw = sim.ee_pose()
-    expected = rotation_from_static_xyz(0, 0, 0.2) @ after_yz.rotation_matrix
-    assert rotation_angle_rad(after_yaw.rotation_matrix, expected) < ROTATION_TOL_RAD
-    assert rotation_angle_rad(after_yaw.rotation_matrix, after_yz.rotation_matrix) == pytest.approx(0.2, abs=ROTATION_TOL_RAD)
+    expected = rotation_from_static_xyz(0, 0, 0.2) @ after_yz.rotation
+    assert rotation_angle_rad(after_yaw.rotation, expected) < ROTATION_TOL_RAD
+    assert rotation_angle_rad(after_yaw.rotation, after_yz.rotation) == pytest.approx(0.2, abs=ROTATION_TOL_RAD)
     np.testing.assert_allclose(after_yaw.position, after_yz.position, atol=POSITION_TOL_M)
 
     # Gripper 0 closes the simulated fingers to the mapped closed position; both fingers move.

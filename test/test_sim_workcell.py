@@ -139,8 +139,8 @@ def test_commanded_joints_are_reached_by_physics_and_bad_commands_change_nothing
     # The end-effector pose is MuJoCo's own site pose.
     ee = sim.ee_pose()
     np.testing.assert_allclose(ee.position, sim.data.site('ee').xpos)
-    np.testing.assert_allclose(ee.rotation_matrix, sim.data.site('ee').xmat.reshape(3, 3), atol=1e-9)
-    assert np.linalg.norm(ee.quat_wxyz) == pytest.approx(1.0)
+    np.testing.assert_allclose(ee.rotation, sim.data.site('ee').xmat.reshape(3, 3), atol=1e-9)
+    np.testing.assert_allclose(ee.rotation @ ee.rotation.T, np.eye(3), atol=1e-9)  # a proper rotation
 
 
 def test_reset_to_caller_joint_configuration_and_bad_start_rejected(sim):

@@ -7,13 +7,13 @@ commanded through ``left_finger`` (finger position in metres); ``right_finger`` 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import mujoco
 import numpy as np
 
+from openvla_ros.control.geometry import Pose
 from openvla_ros.paths import description_dir
 from openvla_ros.sim.trajectory import JointTrajectory, TrajectoryError, TrajectoryFollower
 
@@ -35,19 +35,6 @@ _MAX_PLACEMENT_TRIES = 200
 
 def default_model_path() -> Path:
     return description_dir() / WORKCELL_FILE
-
-
-@dataclass(frozen=True)
-class Pose:
-    """A pose in the world (= arm base) frame: position in metres, unit quaternion (w, x, y, z)."""
-    position: np.ndarray
-    quat_wxyz: np.ndarray
-
-    @property
-    def rotation_matrix(self) -> np.ndarray:
-        m = np.zeros(9)
-        mujoco.mju_quat2Mat(m, self.quat_wxyz)
-        return m.reshape(3, 3)
 
 
 class WorkcellSim:
@@ -300,14 +287,14 @@ class WorkcellSim:
 
     def ee_pose(self) -> Pose:
         """Pose of site ``ee`` (the gripper frame) in the world = arm base frame."""
-        quat = np.zeros(4)
-        mujoco.mju_mat2Quat(quat, self.data.site_xmat[self._ee_site])
-        return Pose(self.data.site_xpos[self._ee_site].copy(), quat)
+        return Pose(self.data.site_xpos[self._ee_site], self.data.site_xmat[self._ee_site])
 
     def object_pose(self, name: str) -> Pose:
         adr = self._object_qpos_adr[name]
         q = self.data.qpos[adr:adr + 7]
-        return Pose(q[:3].copy(), q[3:7].copy())
+        rotation = np.zeros(9)
+        mujoco.mju_quat2Mat(rotation, q[3:7])  # free-joint qpos holds the quaternion as w, x, y, z
+        return Pose(q[:3], rotation)
 
     # ---------------------------------------------------------------- rendering
     def renderer(self, width: int, height: int) -> mujoco.Renderer:
