@@ -25,7 +25,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     from openvla_ros.bag.play import DEFAULT_CLOCK_HZ
-    from openvla_ros.engine.api import DEVICES, DTYPES, QUANTIZATIONS
+    from openvla_ros.cli.engine_args import add_policy_arguments
 
     parser = argparse.ArgumentParser(prog='openvla-bag', description=__doc__.split('\n\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
@@ -75,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--json', action='store_true', help='print the report as JSON on stdout')
     e.add_argument('--force', action='store_true', help='overwrite existing output bag / report files')
     e.add_argument('--no-progress', action='store_true', help='no progress bar on stderr')
-    e.add_argument('--dtype', choices=DTYPES, default='float32')
-    e.add_argument('--device', default='cpu', help=f'{" | ".join(DEVICES)} | cuda:N')
-    e.add_argument('--quantization', choices=QUANTIZATIONS, default='none')
+    add_policy_arguments(e)  # the same model options as openvla-predict and openvla-serve
     return parser
 
 

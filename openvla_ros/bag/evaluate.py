@@ -28,6 +28,8 @@ from openvla_ros import defaults
 from openvla_ros.action_message import (ENDEFFECTOR_DELTA_TYPE, GRIPPER_INDEX, delta_action_vector,
                                      delta_fields_to_rosbags, dim_names, prediction_to_delta_fields)
 from openvla_ros.bag.storage import BagError, BagSource, open_writer, prepare_output, project_typestore
+from openvla_ros.cli.engine_args import policy_options
+from openvla_ros.engine.api import PolicyOptions
 from openvla_ros.stamps import NS_PER_S, stamp_to_ns
 
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
@@ -57,9 +59,7 @@ class EvalOptions:
     json: bool = False
     force: bool = False
     progress: bool = True
-    dtype: str = 'float32'
-    device: str = 'cpu'
-    quantization: str = 'none'
+    policy: PolicyOptions = field(default_factory=PolicyOptions)
 
     @classmethod
     def from_args(cls, a) -> 'EvalOptions':
@@ -67,8 +67,7 @@ class EvalOptions:
                    image_topic=a.image_topic, instruction_topic=a.instruction_topic,
                    reference_topic=a.reference_topic, match_tolerance_s=a.match_tolerance_s, rate_hz=a.rate,
                    output=a.output, report_dir=a.report_dir, frame_id=a.frame_id or None, json=a.json,
-                   force=a.force, progress=not a.no_progress, dtype=a.dtype, device=a.device,
-                   quantization=a.quantization)
+                   force=a.force, progress=not a.no_progress, policy=policy_options(a))
 
 
 @dataclass
@@ -230,7 +229,7 @@ def run_eval(opts: EvalOptions) -> int:
     """The eval sub-command; returns the exit status (see ``openvla_ros.bag.cli``)."""
     from tqdm import tqdm
 
-    from openvla_ros.engine import OpenVLAError, PolicyOptions, load_policy
+    from openvla_ros.engine import OpenVLAError, load_policy
     from openvla_ros.imaging import ImageConversionError
 
     if opts.rate_hz is not None and opts.rate_hz <= 0:
@@ -246,8 +245,7 @@ def run_eval(opts: EvalOptions) -> int:
         raise BagError(f'checkpoint directory {opts.checkpoint} does not exist')
 
     try:
-        policy = load_policy(opts.checkpoint, PolicyOptions(dtype=opts.dtype, device=opts.device,
-                                                            quantization=opts.quantization))
+        policy = load_policy(opts.checkpoint, opts.policy)
     except OpenVLAError as exc:
         raise BagError(f'cannot load checkpoint {opts.checkpoint}: {exc}') from exc
     unnorm_key = _choose_unnorm_key(policy, opts.unnorm_key)
