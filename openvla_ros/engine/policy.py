@@ -237,6 +237,22 @@ class OpenVLAPolicy:
         return to_pixel_values(image, self.processor, self.options.image_pipeline,
                                self.options.center_crop)
 
+    def check_instruction(self, instruction: str) -> None:
+        """What ``predict`` checks of an instruction, without a forward pass: the characters, and
+        that prompt + image patches + the longest action fit the model's positions."""
+        self._check_open()
+        ids = self.prompt_token_ids(instruction)
+        patches = self.model.vision_backbone.featurizer.patch_embed.num_patches
+        steps = max(act.action_dim(self.norm_stats, k) for k in self.norm_stats)
+        self._check_positions(len(ids) + patches, steps)
+
+    def _check_positions(self, prefill: int, steps: int) -> None:
+        limit = self.model.language_model.config.max_position_embeddings
+        if prefill + steps > limit:
+            raise InvalidInstructionError(
+                f'prompt too long: {prefill} prefill positions + {steps} actions exceed the '
+                f"model's {limit} positions")
+
     def prompt_token_ids(self, instruction: str) -> list[int]:
         validate_instruction(instruction, self.options.max_instruction_chars)
         return self.tokenizer.encode(build_prompt(instruction, self.options.prompt_template))
@@ -264,10 +280,7 @@ class OpenVLAPolicy:
         lengths = [len(ids) + n_patches for ids in token_ids]
         seq = max(lengths)
         total = seq + steps
-        if total > lm.config.max_position_embeddings:
-            raise InvalidInstructionError(
-                f'prompt too long: {seq} prefill positions + {steps} actions exceed the model\'s '
-                f'{lm.config.max_position_embeddings} positions')
+        self._check_positions(seq, steps)
         if self._cache is None or not self._cache.fits(batch, total, self.dtype, self.device):
             self._cache = lm.new_cache(batch, max(total, 64 * ((total + 63) // 64)), self.dtype,
                                        self.device)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from openvla_ros.defaults import MAX_INSTRUCTION_CHARS
+
 from .api import CheckpointError, InvalidInstructionError
 
 V01_SYSTEM_PROMPT = ('A chat between a curious user and an artificial intelligence assistant. '
@@ -20,14 +22,27 @@ TEMPLATES = {
 SPACE_TOKEN_ID = 29871
 
 
-def validate_instruction(instruction, max_chars: int) -> str:
+def validate_instruction(instruction, max_chars: int = MAX_INSTRUCTION_CHARS) -> str:
+    """``instruction`` if a model may be prompted with it, else :class:`InvalidInstructionError`.
+
+    The one character-level check, used by the engine, the server and vla_node: a ``str`` (not
+    ``bytes``: the caller decodes, so an undecodable byte is its error to report), not empty or
+    whitespace only, at most ``max_chars`` characters, and encodable as UTF-8 (a lone surrogate, e.g. from a JSON ``"\\ud800"`` escape, is not).
+    Whether the prompt fits the model's context is a token count, checked by the policy
+    (``Policy.check_instruction``).
+    """
     if not isinstance(instruction, str):
-        raise InvalidInstructionError(f'instruction must be a str, got {type(instruction).__name__}')
+        raise InvalidInstructionError(f'instruction must be a string, got {type(instruction).__name__}')
     if not instruction.strip():
         raise InvalidInstructionError('instruction is empty')
     if len(instruction) > max_chars:
         raise InvalidInstructionError(f'instruction has {len(instruction)} characters; the limit is '
                                       f'{max_chars}')
+    try:
+        instruction.encode('utf-8')
+    except UnicodeEncodeError as exc:
+        raise InvalidInstructionError(f'instruction contains an unpaired surrogate at character '
+                                      f'{exc.start}') from None
     return instruction
 
 

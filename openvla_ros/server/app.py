@@ -82,6 +82,8 @@ from openvla_ros import defaults
 from openvla_ros.engine.api import (InvalidImageError, InvalidInstructionError,
                                     InvalidModelOutputError, OpenVLAError, Policy,
                                     UnknownUnnormKeyError)
+from openvla_ros.engine.actions import resolve_unnorm_key
+from openvla_ros.engine.prompt import validate_instruction
 from openvla_ros.server import numpy_json
 from openvla_ros.server.batching import InferenceWorker, QueueFullError, WorkerStoppedError
 
@@ -194,32 +196,19 @@ class _ActParser:
             raise ApiError(400, f'"image": {exc}', 'InvalidImageError') from None
 
     def _instruction(self, text: Any) -> str:
-        if not isinstance(text, str):
-            raise ApiError(400, f'"instruction" must be a string, got {type(text).__name__}',
-                           'InvalidInstructionError')
-        if not text.strip():
-            raise ApiError(400, '"instruction" is empty', 'InvalidInstructionError')
-        if len(text) > self.config.max_instruction_chars:
-            raise ApiError(400, f'"instruction" has {len(text)} characters, more than the limit '
-                                f'of {self.config.max_instruction_chars}',
-                           'InvalidInstructionError')
-        return text
+        try:
+            return validate_instruction(text, self.config.max_instruction_chars)
+        except InvalidInstructionError as exc:
+            raise ApiError(400, f'"instruction": {exc}', 'InvalidInstructionError') from None
 
     def _unnorm_key(self, key: Any) -> str:
         if key is not None and not isinstance(key, str):
             raise ApiError(400, f'"unnorm_key" must be a string, got {type(key).__name__}')
-        available = ', '.join(sorted(self.unnorm_keys))
-        if key is None:
-            key = self.config.unnorm_key_default
-        if key is None:
-            if len(self.unnorm_keys) == 1:
-                return next(iter(self.unnorm_keys))
-            raise ApiError(422, f'this model has several unnorm_keys; pass "unnorm_key", one of: '
-                                f'{available}', 'UnknownUnnormKeyError')
-        if key not in self.unnorm_keys:
-            raise ApiError(422, f'unknown unnorm_key {key!r}; available: {available}',
-                           'UnknownUnnormKeyError')
-        return key
+        try:
+            return resolve_unnorm_key(self.unnorm_keys,
+                                      self.config.unnorm_key_default if key is None else key)
+        except UnknownUnnormKeyError as exc:
+            raise ApiError(422, str(exc), 'UnknownUnnormKeyError') from None
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -21,6 +21,7 @@ import requests
 from openvla_ros.engine.api import (InvalidImageError, InvalidInstructionError,
                                     InvalidModelOutputError, OpenVLAError, PredictionResult,
                                     UnknownUnnormKeyError)
+from openvla_ros.engine.prompt import validate_instruction
 from openvla_ros.server import numpy_json
 
 RETRY_STATUSES = (503, 504)
@@ -71,6 +72,10 @@ class RemotePolicy:
             except RemoteBackendError:
                 return f'remote:{self.server_url}'
         return str(self._info.get('model_id', ''))
+
+    def check_instruction(self, instruction: str) -> None:
+        """The characters only: the token count is the server's to judge, per request."""
+        validate_instruction(instruction)
 
     def predict(self, image: np.ndarray, instruction: str,
                 unnorm_key: str | None = None) -> PredictionResult:
