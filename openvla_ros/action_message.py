@@ -11,21 +11,13 @@ import math
 
 import numpy as np
 
+# The layout names are re-exported for the modules that have always imported them from here.
+from openvla_ros.action_layout import (ACTION_DIM_NAMES, GRIPPER_INDEX, MIN_ACTION_DIM,  # noqa: F401
+                                       ROTATION_SLICE, TRANSLATION_SLICE, dim_names)
 from openvla_ros.engine.api import InvalidModelOutputError, PredictionResult
 from openvla_ros.stamps import ns_to_sec_nanosec
 
 ENDEFFECTOR_DELTA_TYPE = 'openvla_ros/msg/EndEffectorDelta'
-# Bridge / OpenVLA action layout: [dx, dy, dz, droll, dpitch, dyaw, gripper]
-ACTION_DIM_NAMES = ('dx', 'dy', 'dz', 'droll', 'dpitch', 'dyaw', 'gripper')
-TRANSLATION_SLICE = slice(0, 3)
-ROTATION_SLICE = slice(3, 6)
-GRIPPER_INDEX = 6
-MIN_ACTION_DIM = GRIPPER_INDEX + 1
-
-
-def dim_names(n: int) -> list[str]:
-    """Names of the first ``n`` action dimensions (extra dimensions are ``a7``, ``a8``, ...)."""
-    return [ACTION_DIM_NAMES[i] if i < len(ACTION_DIM_NAMES) else f'a{i}' for i in range(n)]
 
 
 def prediction_to_delta_fields(result: PredictionResult, instruction: str, stamp_ns: int, frame_id: str,

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from openvla_ros.action_message import (ACTION_DIM_NAMES, GRIPPER_INDEX, MIN_ACTION_DIM, ROTATION_SLICE,
-                                        TRANSLATION_SLICE)
+from openvla_ros.action_layout import (ACTION_DIM_NAMES, GRIPPER_INDEX, MIN_ACTION_DIM, ROTATION_SLICE,
+                                       TRANSLATION_SLICE)
 from openvla_ros.control.geometry import Pose, rotation_from_static_xyz
 
 ACTION_DIM = MIN_ACTION_DIM  # the controller takes exactly the Bridge layout, no extra dimensions
