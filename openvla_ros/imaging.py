@@ -1,118 +1,260 @@
-"""Image message <-> numpy conversion, ROS-free and duck-typed.
+"""Image decoding for every path that feeds the model: ROS messages and encoded files to RGB uint8.
 
-Works on rclpy ``sensor_msgs/Image`` / ``CompressedImage`` messages and on the message objects
-that ``rosbags`` deserializes alike: only the fields ``height, width, encoding, is_bigendian,
-step, data`` (or ``format, data``) are read. This is the project's replacement for cv_bridge,
-which does not install against numpy 2.
+One entry point, :func:`decode_image`, serves the node, the bag tools and the server. It takes a
+``sensor_msgs/Image``, a ``sensor_msgs/CompressedImage`` (rclpy or ``rosbags`` objects alike: only
+``height, width, encoding, is_bigendian, step, data`` or ``format, data`` are read) or the bytes of
+an encoded file, and returns an H x W x 3 uint8 RGB array or raises :class:`ImageConversionError`
+(and nothing else, whatever the decoder underneath raised).
+
+Pixels are what upstream's ``PIL.Image.open(f).convert("RGB")`` gives for the same pixels:
+
+- encoded files (CompressedImage, bytes) are decoded by PIL itself, so palette, LA/RGBA, 16-bit,
+  CMYK and EXIF (not applied) are exactly PIL's;
+- raw images follow the PIL mode the same pixels would have in a PNG file: alpha is dropped, mono
+  is replicated, ``mono16`` is clipped at 255 (PIL's ``I;16`` -> ``RGB``), and 16-bit colour keeps
+  the high byte (PIL reads 16-bit colour PNGs that way);
+- the one exception is the camera encodings PIL has no mode for (YUV 4:2:2, NV12/NV21, Bayer):
+  they go through OpenCV's colour conversions with cv_bridge's conversion codes, and 16-bit Bayer
+  then keeps the high byte like 16-bit colour.
+
+Every image is bounded by :data:`MAX_IMAGE_PIXELS`, the single limit the engine applies too;
+encoded files are refused on the size their header declares, before anything is decoded.
+This module is the project's replacement for cv_bridge, which does not install against numpy 2.
 """
 from __future__ import annotations
 
+import io
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
-# encoding -> (channels, numpy dtype, channel order to produce RGB)
-_ENCODINGS: dict[str, tuple[int, str, tuple[int, ...] | None]] = {
-    'rgb8': (3, 'u1', (0, 1, 2)),
-    'bgr8': (3, 'u1', (2, 1, 0)),
-    'rgba8': (4, 'u1', (0, 1, 2)),
-    'bgra8': (4, 'u1', (2, 1, 0)),
-    'mono8': (1, 'u1', None),
-    '8UC1': (1, 'u1', None),
-    '8UC3': (3, 'u1', (2, 1, 0)),   # OpenCV convention: BGR
-    'rgb16': (3, 'u2', (0, 1, 2)),
-    'bgr16': (3, 'u2', (2, 1, 0)),
-    'rgba16': (4, 'u2', (0, 1, 2)),
-    'bgra16': (4, 'u2', (2, 1, 0)),
-    'mono16': (1, 'u2', None),
+# 8192 x 8192: a 12 MP (4608 x 2592) frame is 18% of it, and the largest decoded frame stays
+# under 0.55 GB even as 16-bit RGBA.
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+@dataclass(frozen=True)
+class _Layout:
+    channels: int                   # samples per pixel as stored (yuv422: 2, nv21/bayer: 1)
+    itemsize: int                   # bytes per sample
+    order: tuple[int, ...] | None   # direct encodings: channel order giving RGB; None: mono
+    cv_code: str | None = None      # OpenCV conversion to RGB (attribute name of cv2)
+    planar_420: bool = False        # NV12/NV21: height rows of Y, then height/2 rows of UV
+
+
+_ENCODINGS: dict[str, _Layout] = {
+    'rgb8': _Layout(3, 1, (0, 1, 2)),
+    'bgr8': _Layout(3, 1, (2, 1, 0)),
+    'rgba8': _Layout(4, 1, (0, 1, 2)),
+    'bgra8': _Layout(4, 1, (2, 1, 0)),
+    'mono8': _Layout(1, 1, None),
+    '8UC1': _Layout(1, 1, None),
+    '8UC3': _Layout(3, 1, (2, 1, 0)),   # OpenCV convention: BGR
+    '8UC4': _Layout(4, 1, (2, 1, 0)),   # OpenCV convention: BGRA
+    'rgb16': _Layout(3, 2, (0, 1, 2)),
+    'bgr16': _Layout(3, 2, (2, 1, 0)),
+    'rgba16': _Layout(4, 2, (0, 1, 2)),
+    'bgra16': _Layout(4, 2, (2, 1, 0)),
+    'mono16': _Layout(1, 2, None),
+    '16UC1': _Layout(1, 2, None),
+    # cv_bridge's codes; OpenCV names a Bayer pattern after the second row's first two pixels
+    'yuv422': _Layout(2, 1, None, 'COLOR_YUV2RGB_UYVY'),
+    'uyvy': _Layout(2, 1, None, 'COLOR_YUV2RGB_UYVY'),
+    'yuv422_yuy2': _Layout(2, 1, None, 'COLOR_YUV2RGB_YUYV'),
+    'yuyv': _Layout(2, 1, None, 'COLOR_YUV2RGB_YUYV'),
+    'nv21': _Layout(1, 1, None, 'COLOR_YUV2RGB_NV21', planar_420=True),
+    'nv12': _Layout(1, 1, None, 'COLOR_YUV2RGB_NV12', planar_420=True),
+    'bayer_rggb8': _Layout(1, 1, None, 'COLOR_BayerBG2RGB'),
+    'bayer_bggr8': _Layout(1, 1, None, 'COLOR_BayerRG2RGB'),
+    'bayer_gbrg8': _Layout(1, 1, None, 'COLOR_BayerGR2RGB'),
+    'bayer_grbg8': _Layout(1, 1, None, 'COLOR_BayerGB2RGB'),
+    'bayer_rggb16': _Layout(1, 2, None, 'COLOR_BayerBG2RGB'),
+    'bayer_bggr16': _Layout(1, 2, None, 'COLOR_BayerRG2RGB'),
+    'bayer_gbrg16': _Layout(1, 2, None, 'COLOR_BayerGR2RGB'),
+    'bayer_grbg16': _Layout(1, 2, None, 'COLOR_BayerGB2RGB'),
 }
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
-MAX_IMAGE_PIXELS = 4096 * 4096
+# where each colour sits in a 2x2 Bayer tile, row-major: the pattern named by the ROS encoding
+_BAYER_TILES = {'rggb': 'RGGB', 'bggr': 'BGGR', 'gbrg': 'GBRG', 'grbg': 'GRBG'}
 
 
 class ImageConversionError(ValueError):
     """The message cannot be turned into an RGB image (the reason is in the text)."""
 
 
-def image_msg_to_rgb(msg) -> np.ndarray:
-    """Return an H x W x 3 uint8 RGB array (a copy) from an Image message.
+def image_size_problem(width: int, height: int) -> str | None:
+    """Why an image of ``width`` x ``height`` is refused (empty or over the bound), else None."""
+    if width <= 0 or height <= 0:
+        return f'empty image: {width}x{height}'
+    if width * height > MAX_IMAGE_PIXELS:
+        return (f'image too large: {width}x{height} = {width * height} pixels, more than the limit '
+                f'of {MAX_IMAGE_PIXELS} pixels')
+    return None
 
-    Honours ``step`` (row padding) and ``is_bigendian``; 16-bit images are scaled to 8 bit
-    (value >> 8); alpha is dropped; mono is replicated to three channels.
+
+def decode_image(source, format: str = '') -> np.ndarray:
+    """H x W x 3 uint8 RGB (a new array) from an Image, a CompressedImage or an encoded file.
+
+    ``source`` is a ``sensor_msgs/Image`` or ``CompressedImage`` message (rclpy or rosbags), or
+    the ``bytes`` of an encoded file (then ``format`` only names it in error messages). Every
+    failure, decoder errors and memory exhaustion included, is an :class:`ImageConversionError`.
     """
-    enc = str(msg.encoding)
-    if enc not in _ENCODINGS:
-        raise ImageConversionError(
-            f'unsupported image encoding {enc!r}; supported: {", ".join(SUPPORTED_ENCODINGS)}')
-    channels, kind, order = _ENCODINGS[enc]
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ImageConversionError(f'empty image: {w}x{h}')
-    if h * w > MAX_IMAGE_PIXELS:
-        raise ImageConversionError(f'image too large: {w}x{h} > {MAX_IMAGE_PIXELS} pixels')
-    itemsize = 1 if kind == 'u1' else 2
-    row_bytes = w * channels * itemsize
-    if step < row_bytes:
-        raise ImageConversionError(f'step {step} is smaller than width*channels*bytes = {row_bytes}')
-    buf = _as_bytes(msg.data)
-    if len(buf) < step * (h - 1) + row_bytes:
-        raise ImageConversionError(
-            f'data has {len(buf)} bytes, expected {step * h} for {w}x{h} {enc} with step {step}')
-    rows = np.frombuffer(buf, dtype=np.uint8, count=min(len(buf), step * h))
-    if rows.size < step * h:  # last row may be unpadded
-        rows = np.concatenate([rows, np.zeros(step * h - rows.size, np.uint8)])
-    rows = rows.reshape(h, step)[:, :row_bytes]
-    if itemsize == 2:
-        dt = np.dtype('>u2' if msg.is_bigendian else '<u2')
-        px = np.ascontiguousarray(rows).view(dt).reshape(h, w, channels)
-        px = (px >> 8).astype(np.uint8)
-    else:
-        px = rows.reshape(h, w, channels)
-    if channels == 1:
-        return np.repeat(px, 3, axis=2)
-    return np.ascontiguousarray(px[:, :, list(order)])
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return _decode_encoded(source, format)
+        if hasattr(source, 'format'):
+            return _decode_encoded(_as_bytes(source.data), str(source.format))
+        return _decode_raw(source)
+    except ImageConversionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad frame must never escape as another type
+        raise ImageConversionError(f'cannot decode image: {type(exc).__name__}: {exc}') from None
+
+
+def image_msg_to_rgb(msg) -> np.ndarray:
+    """H x W x 3 uint8 RGB (a copy) from an Image message; see :func:`decode_image`."""
+    return decode_image(msg)
 
 
 def compressed_msg_to_rgb(msg) -> np.ndarray:
-    """Decode a CompressedImage (jpeg/png) into H x W x 3 uint8 RGB."""
+    """H x W x 3 uint8 RGB from a CompressedImage message; see :func:`decode_image`."""
+    return decode_image(msg)
+
+
+def _decode_raw(msg) -> np.ndarray:
+    enc = str(msg.encoding)
+    layout = _ENCODINGS.get(enc)
+    if layout is None:
+        raise ImageConversionError(
+            f'unsupported image encoding {enc!r}; supported: {", ".join(SUPPORTED_ENCODINGS)}')
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    problem = image_size_problem(w, h)
+    if problem:
+        raise ImageConversionError(problem)
+    if layout.planar_420 and (h % 2 or w % 2):
+        raise ImageConversionError(f'{enc} needs an even width and height, got {w}x{h}')
+    if layout.cv_code and layout.channels == 2 and w % 2:
+        raise ImageConversionError(f'{enc} needs an even width, got {w}')
+    rows = h + h // 2 if layout.planar_420 else h
+    row_bytes = w * layout.channels * layout.itemsize
+    if step < row_bytes:
+        raise ImageConversionError(f'step {step} is smaller than width*channels*bytes = {row_bytes}')
+    buf = _as_bytes(msg.data)
+    needed = step * (rows - 1) + row_bytes   # the last row may come without its padding
+    if len(buf) < needed:
+        raise ImageConversionError(
+            f'data has {len(buf)} bytes, expected {step * rows} for {w}x{h} {enc} with step {step}')
+    dtype = np.dtype(np.uint8) if layout.itemsize == 1 else \
+        np.dtype('>u2' if msg.is_bigendian else '<u2')
+    samples = np.ndarray((rows, w * layout.channels), dtype, buf, strides=(step, layout.itemsize))
+    if layout.cv_code:
+        return _opencv_to_rgb(samples, layout, h, w)
+    px = samples.reshape(h, w, layout.channels)
+    if layout.itemsize == 2:
+        # PIL: I;16 -> RGB clips; 16-bit colour is read as its high byte
+        px = np.minimum(px, 255) if layout.order is None else px >> 8
+    px = px.astype(np.uint8, copy=False)
+    if layout.order is None:
+        return np.repeat(px, 3, axis=2)
+    return np.ascontiguousarray(px[:, :, list(layout.order)])
+
+
+def _opencv_to_rgb(samples: np.ndarray, layout: _Layout, h: int, w: int) -> np.ndarray:
     import cv2
 
-    buf = np.frombuffer(_as_bytes(msg.data), dtype=np.uint8)
-    if buf.size == 0:
+    src = np.ascontiguousarray(samples, dtype=samples.dtype.newbyteorder('='))
+    if layout.channels == 2:
+        src = src.reshape(h, w, 2)
+    rgb = cv2.cvtColor(src, getattr(cv2, layout.cv_code))
+    if rgb.dtype == np.uint16:
+        rgb = (rgb >> 8).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+def _decode_encoded(data, fmt: str) -> np.ndarray:
+    from PIL import Image
+
+    if len(data) == 0:
         raise ImageConversionError('compressed image has no data')
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if img is None:
-        raise ImageConversionError(f'cannot decode compressed image (format {msg.format!r})')
-    if img.shape[0] * img.shape[1] > MAX_IMAGE_PIXELS:
-        raise ImageConversionError(f'image too large: {img.shape[1]}x{img.shape[0]}')
-    return np.ascontiguousarray(img[:, :, ::-1])
+    if 'compresseddepth' in fmt.lower():
+        raise ImageConversionError(f'format {fmt!r} is a compressed depth map, not a camera image')
+    try:
+        image = Image.open(io.BytesIO(bytes(data)))   # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise ImageConversionError(f'compressed image ({fmt}) refused before decoding: {exc}') from None
+    except Exception as exc:  # noqa: BLE001 - not an image PIL knows
+        raise ImageConversionError(
+            f'cannot decode compressed image (format {fmt!r}): {type(exc).__name__}: {exc}') from None
+    w, h = image.size
+    problem = image_size_problem(w, h)
+    if problem:
+        raise ImageConversionError(f'compressed image ({fmt}) refused before decoding: its header '
+                                   f'declares {w}x{h}; {problem}')
+    try:
+        return np.array(image.convert('RGB'), dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data, decoder limits
+        raise ImageConversionError(
+            f'cannot decode compressed image (format {fmt!r}, {w}x{h}): {type(exc).__name__}: '
+            f'{exc}') from None
+    finally:
+        image.close()
 
 
 def rgb_to_image_fields(rgb: np.ndarray, encoding: str = 'rgb8') -> dict:
     """Fields of an Image message holding ``rgb`` (H x W x 3 uint8) in ``encoding``.
 
     Returns ``dict(height, width, encoding, is_bigendian, step, data)``; ``data`` is ``bytes``.
+    Decoding the result gives ``rgb`` back for the direct encodings (mono: the rounded mean);
+    YUV and Bayer encodings are lossy by nature (chroma subsampling, one colour per pixel).
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ImageConversionError(f'expected H x W x 3 uint8, got {rgb.shape} {rgb.dtype}')
-    if encoding not in _ENCODINGS:
+    layout = _ENCODINGS.get(encoding)
+    if layout is None:
         raise ImageConversionError(f'unsupported image encoding {encoding!r}')
-    channels, kind, order = _ENCODINGS[encoding]
-    if channels == 1:
+    h, w = rgb.shape[:2]
+    if layout.cv_code:
+        px = _encode_camera(rgb, encoding, layout)
+    elif layout.order is None:
         px = rgb.mean(axis=2, keepdims=True).round().astype(np.uint8)
     else:
-        inv = np.argsort(order)  # RGB -> encoding order
-        px = rgb[:, :, list(inv)]
-        if channels == 4:
+        px = rgb[:, :, list(np.argsort(layout.order))]   # RGB -> encoding order
+        if layout.channels == 4:
             px = np.concatenate([px, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
-    big = sys.byteorder == 'big'
-    if kind == 'u2':
-        px = px.astype(np.uint16) * 257
+    if layout.itemsize == 2:
+        # the inverse of the decoding rule: mono16 is clipped, 16-bit colour keeps the high byte
+        scale = 1 if layout.order is None and not layout.cv_code else 257
+        px = px.astype(np.uint16) * scale
     px = np.ascontiguousarray(px)
+    big = sys.byteorder == 'big' and layout.itemsize == 2
+    return dict(height=h, width=w, encoding=encoding, is_bigendian=int(big),
+                step=w * layout.channels * layout.itemsize, data=px.tobytes())
+
+
+def _encode_camera(rgb: np.ndarray, encoding: str, layout: _Layout) -> np.ndarray:
+    import cv2
+
     h, w = rgb.shape[:2]
-    return dict(height=h, width=w, encoding=encoding, is_bigendian=int(big and kind == 'u2'),
-                step=w * channels * px.itemsize, data=px.tobytes())
+    if encoding.startswith('bayer_'):
+        tile = _BAYER_TILES[encoding[len('bayer_'):len('bayer_') + 4]]
+        mosaic = np.empty((h, w), np.uint8)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                mosaic[dy::2, dx::2] = rgb[dy::2, dx::2, 'RGB'.index(tile[2 * dy + dx])]
+        return mosaic
+    odd = (h % 2 or w % 2) if layout.planar_420 else w % 2
+    if odd:
+        raise ImageConversionError(f'{encoding} needs an even size, got {w}x{h}')
+    if layout.planar_420:
+        i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)   # Y, then the U plane, then the V plane
+        y, chroma = i420[:h], i420[h:].reshape(2, h // 2, w // 2)
+        first, second = (chroma[1], chroma[0]) if encoding == 'nv21' else (chroma[0], chroma[1])
+        interleaved = np.stack([first, second], axis=2).reshape(h // 2, w)
+        return np.concatenate([y, interleaved], axis=0)
+    code = 'COLOR_RGB2YUV_UYVY' if layout.cv_code.endswith('UYVY') else 'COLOR_RGB2YUV_YUYV'
+    return cv2.cvtColor(rgb, getattr(cv2, code))
 
 
 def _as_bytes(data) -> bytes | memoryview:

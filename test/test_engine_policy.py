@@ -17,6 +17,7 @@ from openvla_ros.engine import (CheckpointError, InvalidImageError, InvalidInstr
                                 OpenVLAError, PolicyOptions, UnknownUnnormKeyError, load_policy)
 from openvla_ros.engine.policy import TIMING_KEYS
 from openvla_ros.engine.tiny import EXTRA_STATS_KEY, make_tiny_checkpoint
+from openvla_ros.imaging import MAX_IMAGE_PIXELS
 
 INSTRUCTION = 'pick up the red block'
 
@@ -93,7 +94,7 @@ def test_unnorm_keys_and_resolution(policy, scenes):
     (np.zeros((10, 10, 4), np.uint8), 'H x W x 3'),
     (np.zeros((10, 10, 1), np.uint8), 'H x W x 3'),
     (np.zeros((0, 10, 3), np.uint8), 'empty'),
-    (np.zeros((4097, 8, 3), np.uint8), '4096'),
+    (np.zeros((MAX_IMAGE_PIXELS // 8 + 1, 8, 3), np.uint8), 'more than the limit'),
 ])
 def test_bad_images(policy, image, message):
     with pytest.raises(InvalidImageError, match=message):

@@ -33,15 +33,15 @@ def test_roundtrip_matches_reference(rgb, encoding):
     msg = _msg(**rgb_to_image_fields(rgb, encoding))
     ours = image_msg_to_rgb(msg)
     assert ours.shape == (5, 7, 3) and ours.dtype == np.uint8
-    ref = message_to_cvimage(msg, 'rgb8')  # rosbags-image converts to 8-bit RGB itself
     if encoding.startswith('mono'):
         assert np.array_equal(ours[:, :, 0], ours[:, :, 1])
         assert np.abs(ours[:, :, 0].astype(int) - rgb.mean(axis=2)).max() <= 1
-        assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
     else:
         assert np.array_equal(ours, rgb)
-        if '16' not in encoding:
-            assert np.array_equal(ours, ref)
+    if '16' not in encoding:
+        # rosbags-image scales 16 bit by 255/65535, PIL (upstream) does not: see
+        # test_imaging_encodings for the 16-bit rules
+        assert np.array_equal(ours, message_to_cvimage(msg, 'rgb8'))
 
 
 def test_step_padding_and_big_endian(rgb):
@@ -57,7 +57,7 @@ def test_step_padding_and_big_endian(rgb):
 def test_rejects_bad_images(rgb):
     good = rgb_to_image_fields(rgb, 'rgb8')
     cases = {
-        'unsupported image encoding': dict(good, encoding='yuv422'),
+        'unsupported image encoding': dict(good, encoding='yuv444'),
         'empty image': dict(good, height=0, width=0, step=0, data=b''),
         'step': dict(good, step=10),
         'data has': dict(good, data=good['data'][:-10]),

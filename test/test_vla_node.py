@@ -322,7 +322,7 @@ def test_bad_images_are_rejected_and_counted(node_a, case):
     before = h.wait_status(lambda s: True).frames_rejected
     rgb = _scenes(1, 20, 30, seed=3)[0]
     override = {
-        'unknown_encoding': dict(encoding='yuv422'),
+        'unknown_encoding': dict(encoding='yuv444'),
         'step_too_small': dict(step=30 * 3 - 1),
         'truncated': dict(data=rgb.tobytes()[:-100]),
         'empty': dict(height=0, width=0, step=0, data=b''),

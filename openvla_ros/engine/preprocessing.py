@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..imaging import MAX_IMAGE_PIXELS, image_size_problem
 from .api import CheckpointError, InvalidImageError
 
-MAX_IMAGE_SIDE = 4096
 CENTER_CROP_AREA = 0.9
 _PIL_FILTERS = {0: Image.NEAREST, 1: Image.LANCZOS, 2: Image.BILINEAR, 3: Image.BICUBIC,
                 4: Image.BOX, 5: Image.HAMMING}
@@ -45,11 +45,9 @@ def validate_image(image) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3:
         raise InvalidImageError(f'image must be RGB H x W x 3, got shape {tuple(image.shape)}')
     h, w = image.shape[:2]
-    if h == 0 or w == 0:
-        raise InvalidImageError(f'image is empty (shape {tuple(image.shape)})')
-    if h > MAX_IMAGE_SIDE or w > MAX_IMAGE_SIDE:
-        raise InvalidImageError(f'image is {w}x{h}; the largest accepted is '
-                                f'{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}')
+    problem = image_size_problem(w, h)
+    if problem:
+        raise InvalidImageError(f'{problem} (shape {tuple(image.shape)})')
     return image
 
 
@@ -61,6 +59,7 @@ class BackboneTransform:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     letterbox_fill: tuple[int, int, int] | None
+    resize_max_size: int | None = None   # shorter-side resize: cap on the longer side
 
 
 def _pil_filter(value) -> int:
@@ -74,10 +73,11 @@ def _pil_filter(value) -> int:
 
 
 def _as_hw(size) -> tuple[int, int] | int:
+    """torchvision's reading of a resize size: an int or a 1-list is the shorter side."""
     if isinstance(size, int):
         return size
     size = list(size)
-    return (int(size[0]), int(size[0])) if len(size) == 1 else (int(size[0]), int(size[1]))
+    return int(size[0]) if len(size) == 1 else (int(size[0]), int(size[1]))
 
 
 class ImageProcessor:
@@ -103,12 +103,14 @@ class ImageProcessor:
                 if cfg.get('tvf_resize_params'):
                     rp = cfg['tvf_resize_params'][i]
                     resize_size, resize_filter = _as_hw(rp['size']), _pil_filter(rp['interpolation'])
+                    max_size = rp.get('max_size')
                 else:
                     resize_size = (side, side) if strategy == 'resize-naive' else side
                     resize_filter = _pil_filter(cfg.get('interpolations', ['bicubic'] * n)[i])
+                    max_size = None
                 crop = cfg['tvf_crop_params'][i]['output_size'] if cfg.get('tvf_crop_params') \
                     else [side, side]
-                crop_hw = _as_hw(crop)
+                crop_hw = _as_hw(crop)   # a centre crop of one size is square
                 crop_hw = (crop_hw, crop_hw) if isinstance(crop_hw, int) else crop_hw
                 letterbox_fill = None
                 if do_letterbox:
@@ -116,7 +118,8 @@ class ImageProcessor:
                         tuple(int(255 * m) for m in means[i])
                 self.transforms.append(BackboneTransform(
                     resize_size, resize_filter, crop_hw, tuple(float(m) for m in means[i]),
-                    tuple(float(s) for s in stds[i]), letterbox_fill))
+                    tuple(float(s) for s in stds[i]), letterbox_fill,
+                    int(max_size) if max_size is not None else None))
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise CheckpointError(f'preprocessor_config.json is malformed: {exc!r}') from None
         self.image_size = self.transforms[0].crop_size
@@ -131,7 +134,8 @@ class ImageProcessor:
         resized: dict[tuple, torch.Tensor] = {}
         parts = []
         for t in self.transforms:
-            geometry = (t.letterbox_fill, t.resize_size, t.resize_filter, t.crop_size)
+            geometry = (t.letterbox_fill, t.resize_size, t.resize_max_size, t.resize_filter,
+                        t.crop_size)
             if geometry not in resized:
                 resized[geometry] = self._resize(image, t)
             x = resized[geometry]
@@ -144,27 +148,62 @@ class ImageProcessor:
     def _resize(image: Image.Image, t: BackboneTransform) -> torch.Tensor:
         """Letterbox / resize / centre crop, then uint8 -> float32 in [0, 1], CHW."""
         if t.letterbox_fill is not None:
-            w, h = image.size
-            side = max(w, h)
-            padded = Image.new('RGB', (side, side), t.letterbox_fill)
-            padded.paste(image, (int((side - w) / 2), int((side - h) / 2)))
-            image = padded
-        if isinstance(t.resize_size, int):
-            w, h = image.size
-            short, long_ = (w, h) if w <= h else (h, w)
-            new_long = int(t.resize_size * long_ / short)
-            size = (t.resize_size, new_long) if w <= h else (new_long, t.resize_size)
-        else:
-            size = (t.resize_size[1], t.resize_size[0])
-        if image.size != size:
-            image = image.resize(size, t.resize_filter)
-        ch, cw = t.crop_size
-        w, h = image.size
-        if (w, h) != (cw, ch):
-            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-            image = image.crop((left, top, left + cw, top + ch))
+            image = letterbox_pad(image, t.letterbox_fill)
+        image = resize_like_torchvision(image, t.resize_size, t.resize_filter, t.resize_max_size)
+        image = center_crop_like_torchvision(image, t.crop_size)
         x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
         return x.float().div(255)
+
+
+def letterbox_pad(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """Upstream's letterbox: a border of ``int((max_side - side) / 2)`` on both sides of each axis.
+
+    An odd difference between width and height therefore leaves the result one pixel short of
+    square, as upstream's is. The canvas counts against the same pixel bound as any image.
+    """
+    w, h = image.size
+    side = max(w, h)
+    pad_x, pad_y = int((side - w) / 2), int((side - h) / 2)
+    size = (w + 2 * pad_x, h + 2 * pad_y)
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise InvalidImageError(f'the letterbox of a {w}x{h} image is {size[0]}x{size[1]} = '
+                                f'{size[0] * size[1]} pixels, more than the limit of '
+                                f'{MAX_IMAGE_PIXELS} pixels')
+    if size == (w, h):
+        return image
+    padded = Image.new(image.mode, size, fill)
+    padded.paste(image, (pad_x, pad_y))
+    return padded
+
+
+def resize_like_torchvision(image: Image.Image, size: tuple[int, int] | int, resample: int,
+                            max_size: int | None = None) -> Image.Image:
+    """torchvision's ``resize`` of a PIL image: (h, w) exactly, or an int for the shorter side."""
+    w, h = image.size
+    if isinstance(size, int):
+        short, long_ = (w, h) if w <= h else (h, w)
+        new_short, new_long = size, int(size * long_ / short)
+        if max_size is not None and new_long > max_size:
+            new_short, new_long = int(max_size * new_short / new_long), max_size
+        out = (new_short, new_long) if w <= h else (new_long, new_short)
+    else:
+        out = (size[1], size[0])
+    return image if out == (w, h) else image.resize(out, resample)
+
+
+def center_crop_like_torchvision(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """torchvision's ``center_crop`` of a PIL image to (h, w), zero-padding a side that is short."""
+    ch, cw = size
+    w, h = image.size
+    if cw > w or ch > h:
+        left, top = max(cw - w, 0) // 2, max(ch - h, 0) // 2
+        padded = Image.new(image.mode, (max(w, cw), max(h, ch)), 0)
+        padded.paste(image, (left, top))
+        image, (w, h) = padded, padded.size
+    if (w, h) == (cw, ch):
+        return image
+    top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+    return image.crop((left, top, left + cw, top + ch))
 
 
 def bridge_eval_resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
