@@ -29,9 +29,11 @@ string ``"error"``; this server answers errors with a status code and a JSON obj
 ``{"detail": "<what is wrong>", "error": "<error class>"}`` and never sends a traceback:
 
 =====  ==================================================================================
-400    body is not JSON; missing/extra field; image not a json_numpy uint8 H x W x 3 array;
-       instruction empty, not a string or longer than ``MAX_INSTRUCTION_CHARS``
+400    body is not JSON (also: nested too deeply, a string holding a lone surrogate escape);
+       missing/extra field; image not a json_numpy uint8 H x W x 3 array; instruction
+       empty, not a string or longer than ``MAX_INSTRUCTION_CHARS``
 401    token required and missing or wrong (``Authorization: Bearer <token>``)
+408    the body did not arrive within ``--request-timeout-s``
 413    body larger than ``--max-body-mb``, or image larger than ``--max-image-pixels``
 422    well-formed request the loaded model cannot serve: unknown ``unnorm_key``, or none given
        while the model has several and no ``--unnorm-key-default`` is set (the message lists the
@@ -40,6 +42,11 @@ string ``"error"``; this server answers errors with a status code and a JSON obj
 503    request queue full (``--queue-size``), retry later; or the server is shutting down
 504    no answer within ``--request-timeout-s`` (queue wait included)
 =====  ==================================================================================
+
+Slow or idle clients cannot hold connections: an idle keep-alive connection is closed after
+``--keep-alive-timeout-s``, a connection whose request line and headers are not complete within
+``--header-timeout-s`` is closed without an answer, and headers larger than
+``--max-header-kb`` are refused (400).
 
 Other differences: the server binds to 127.0.0.1 by default (upstream: 0.0.0.0) and refuses to
 bind to any other address without a bearer token; the ``json`` module is not patched; no
@@ -107,6 +114,12 @@ class ServerConfig:
     max_instruction_chars: int = defaults.MAX_INSTRUCTION_CHARS
     unnorm_key_default: str | None = None
     token: str | None = field(default=None, repr=False)   # never printed with the config
+    # connection limits (uvicorn): idle keep-alive connections are closed after
+    # keep_alive_timeout_s; a client gets header_timeout_s for a request's line and headers
+    # and request_timeout_s for its body
+    keep_alive_timeout_s: float = 5.0
+    header_timeout_s: float = 10.0
+    max_header_bytes: int = 64 * 1024
 
 
 class ApiError(Exception):
@@ -117,7 +130,8 @@ class ApiError(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.error = error or {400: 'BadRequest', 401: 'Unauthorized', 413: 'PayloadTooLarge',
+        self.error = error or {400: 'BadRequest', 401: 'Unauthorized', 408: 'RequestTimeout',
+                               413: 'PayloadTooLarge',
                                422: 'UnprocessableRequest', 503: 'ServiceUnavailable',
                                504: 'Timeout'}.get(status, 'InternalError')
         self.headers = headers
@@ -137,6 +151,14 @@ def _jsonable(obj: Any) -> Any:
                                  else str(o)))
 
 
+def _is_unicode_text(text: str) -> bool:
+    try:
+        text.encode('utf-8')
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _ActParser:
     """Turns a raw /act body into an :class:`ActRequest`, rejecting anything the model must not see."""
 
@@ -153,7 +175,7 @@ class _ActParser:
                                     'with no other field')
             if not isinstance(payload['encoded'], str):
                 raise ApiError(400, '"encoded" must be a JSON string')
-            payload = self._load_json(payload['encoded'].encode('utf-8'), '"encoded"')
+            payload = self._load_json(payload['encoded'], '"encoded"')
             double_encoded = True
         unknown = set(payload) - {'image', 'instruction', 'unnorm_key'}
         if unknown:
@@ -167,13 +189,22 @@ class _ActParser:
                           self._unnorm_key(payload.get('unnorm_key')), double_encoded)
 
     @staticmethod
-    def _load_json(text: bytes, what: str) -> dict:
+    def _load_json(text: bytes | str, what: str) -> dict:
         try:
             payload = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f'{what} is not valid JSON: {exc}') from None
+        except RecursionError:
+            # the C parser recurses once per nesting level; no valid request nests beyond three
+            raise ApiError(400, f'{what} nests JSON arrays/objects too deeply') from None
         if not isinstance(payload, dict):
             raise ApiError(400, f'{what} must be a JSON object, got {type(payload).__name__}')
+        for key, value in payload.items():
+            # JSON may escape half of a surrogate pair ("\ud800"), which no UTF-8 text can hold
+            for text_item, name in ((key, 'a field name'), (value, f'field {key!r}')):
+                if isinstance(text_item, str) and key != 'encoded' and not _is_unicode_text(text_item):
+                    raise ApiError(400, f'{what}: {name} is not valid Unicode text (it holds a lone '
+                                        'surrogate escape such as \\ud800)')
         return payload
 
     def _image(self, obj: Any) -> np.ndarray:
@@ -211,8 +242,17 @@ class _ActParser:
             raise ApiError(422, str(exc), 'UnknownUnnormKeyError') from None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it (or its Content-Length) passes ``limit``."""
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refused with 413 as soon as it (or its Content-Length) passes ``limit``,
+    and with 408 when it has not fully arrived within ``timeout_s`` (a client that stalls
+    mid-body would otherwise hold its connection forever)."""
+    try:
+        return await asyncio.wait_for(_read_body_unbounded(request, limit), timeout_s)
+    except (asyncio.TimeoutError, TimeoutError):
+        raise ApiError(408, f'the request body did not arrive within {timeout_s:g} s') from None
+
+
+async def _read_body_unbounded(request: Request, limit: int) -> bytes:
     declared = request.headers.get('content-length')
     if declared is not None:
         try:
@@ -264,6 +304,9 @@ def create_app(policy: Policy, config: ServerConfig | None = None) -> FastAPI:
             'max_body_bytes': config.max_body_bytes,
             'max_image_pixels': config.max_image_pixels,
             'max_instruction_chars': config.max_instruction_chars,
+            'keep_alive_timeout_s': config.keep_alive_timeout_s,
+            'header_timeout_s': config.header_timeout_s,
+            'max_header_bytes': config.max_header_bytes,
         },
         'auth_required': config.token is not None,
         'api': 'openvla deploy.py compatible (POST /act); /act/detailed, /healthz, /info',
@@ -289,7 +332,9 @@ def create_app(policy: Policy, config: ServerConfig | None = None) -> FastAPI:
     async def _api_error(request: Request, exc: ApiError):
         level = logging.ERROR if exc.status >= 500 and exc.status not in (503, 504) else logging.INFO
         log.log(level, '%s %s -> %d %s', request.method, request.url.path, exc.status, exc.detail)
-        return JSONResponse({'detail': exc.detail, 'error': exc.error}, status_code=exc.status,
+        # a detail quoting client text must not fail to encode (lone surrogates)
+        detail = exc.detail.encode('utf-8', 'backslashreplace').decode('utf-8')
+        return JSONResponse({'detail': detail, 'error': exc.error}, status_code=exc.status,
                             headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -308,7 +353,7 @@ def create_app(policy: Policy, config: ServerConfig | None = None) -> FastAPI:
 
     async def serve(request: Request) -> tuple[ActRequest, Any]:
         received = time.monotonic()
-        body = await _read_body(request, config.max_body_bytes)
+        body = await _read_body(request, config.max_body_bytes, config.request_timeout_s)
         act = parser.parse(body)
         try:
             future = worker.submit(act.image, act.instruction, act.unnorm_key)

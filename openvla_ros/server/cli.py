@@ -60,10 +60,77 @@ def build_parser() -> argparse.ArgumentParser:
                    help='largest request body in MiB; larger gets 413 (default %(default)s)')
     p.add_argument('--max-image-pixels', type=int, default=d.max_image_pixels,
                    help='largest image (H x W); larger gets 413 (default %(default)s)')
+    p.add_argument('--keep-alive-timeout-s', type=float, default=d.keep_alive_timeout_s,
+                   help='close an idle keep-alive connection after this long (default %(default)s)')
+    p.add_argument('--header-timeout-s', type=float, default=d.header_timeout_s,
+                   help='close a connection whose request line and headers are not complete '
+                        'within this long (default %(default)s)')
+    p.add_argument('--max-header-kb', type=float, default=d.max_header_bytes / 1024,
+                   help='largest request line + headers in KiB; larger gets 400 (default %(default)s)')
     p.add_argument('--extra-latency-s', type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument('--log-level', default='info',
                    choices=('critical', 'error', 'warning', 'info', 'debug'))
     return p
+
+
+def bounded_h11_protocol(header_timeout_s: float):
+    """uvicorn's h11 protocol with a deadline for every request's line and headers.
+
+    uvicorn bounds only the idle time between requests (``timeout_keep_alive``); a client that
+    sends its headers one byte at a time, or opens a connection and sends part of a request,
+    would hold the connection for ever. Here each request (the first one on a connection, and
+    each one after a keep-alive answer) must have its headers complete within
+    ``header_timeout_s``, or the connection is closed."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class BoundedH11Protocol(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:   # the headers are in (or it failed)
+                self._cancel_header_timer()
+
+        def on_response_complete(self) -> None:
+            self._arm_header_timer()   # before the parent handles any pipelined request
+            super().on_response_complete()
+
+        def _arm_header_timer(self) -> None:
+            self._cancel_header_timer()
+            self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.logger.info('closing a connection from %s: no complete request headers within '
+                                 '%g s', self.client, header_timeout_s)
+                self.transport.close()
+
+    return BoundedH11Protocol
+
+
+def uvicorn_config(app, config: ServerConfig, host: str, port: int, log_level: str = 'info'):
+    """The uvicorn configuration that serves ``app`` with ``config``'s connection limits."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=None,
+                          timeout_graceful_shutdown=5, http=bounded_h11_protocol(config.header_timeout_s),
+                          timeout_keep_alive=config.keep_alive_timeout_s,
+                          h11_max_incomplete_event_size=config.max_header_bytes)
 
 
 def read_token(token_file: Path | None) -> str | None:
@@ -96,14 +163,20 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             print(f'openvla-serve: --{name.replace("_", "-")} must be >= 1', file=sys.stderr)
             return 2
-    if args.request_timeout_s <= 0 or args.max_body_mb <= 0:
-        print('openvla-serve: --request-timeout-s and --max-body-mb must be > 0', file=sys.stderr)
-        return 2
+    positive = ('request_timeout_s', 'max_body_mb', 'keep_alive_timeout_s', 'header_timeout_s',
+                'max_header_kb')
+    for name in positive:
+        if not getattr(args, name) > 0:
+            print(f'openvla-serve: --{name.replace("_", "-")} must be > 0', file=sys.stderr)
+            return 2
     config = ServerConfig(max_batch=args.max_batch, queue_size=args.queue_size,
                           request_timeout_s=args.request_timeout_s,
                           max_body_bytes=int(args.max_body_mb * 2 ** 20),
                           max_image_pixels=args.max_image_pixels,
-                          unnorm_key_default=args.unnorm_key_default, token=token)
+                          unnorm_key_default=args.unnorm_key_default, token=token,
+                          keep_alive_timeout_s=args.keep_alive_timeout_s,
+                          header_timeout_s=args.header_timeout_s,
+                          max_header_bytes=int(args.max_header_kb * 1024))
 
     import uvicorn
 
@@ -125,9 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f'openvla-serve: {exc}', file=sys.stderr)
         policy.close()
         return 2
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
-                                           log_level=args.log_level, log_config=None,
-                                           timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn_config(app, config, host=args.host, port=args.port,
+                                           log_level=args.log_level))
     try:
         server.run()
     except KeyboardInterrupt:
