@@ -34,7 +34,8 @@ def prediction_to_delta_fields(result: PredictionResult, instruction: str, stamp
     if action.size < MIN_ACTION_DIM:
         raise InvalidModelOutputError(
             f'action has {action.size} dimensions; an end-effector delta needs at least {MIN_ACTION_DIM}')
-    if normalized.size != action.size or tokens.size != action.size:
+    # Empty normalized values / tokens: a backend that does not report them (a plain /act server).
+    if normalized.size not in (0, action.size) or tokens.size not in (0, action.size):
         raise InvalidModelOutputError(
             f'action has {action.size} dimensions but {normalized.size} normalized values and '
             f'{tokens.size} tokens')

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from openvla_ros.cli.engine_args import fail
+from openvla_ros.policy.options import fail
 
 # Files a checkpoint directory may hold; --force removes these (and only these) first, so a
 # stale shard index cannot shadow the new weights.

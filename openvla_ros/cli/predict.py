@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from openvla_ros.cli.engine_args import add_policy_arguments, fail, policy_options
+from openvla_ros.policy.options import add_policy_arguments, fail, policy_options
 from openvla_ros.engine.api import OpenVLAError
 
 

@@ -1,17 +1,16 @@
 """The one place where vla_node turns its parameters into a policy backend."""
 from __future__ import annotations
 
-from openvla_ros import defaults
-from openvla_ros.engine.api import Policy, PolicyOptions
+from openvla_ros.engine.api import OpenVLAError, Policy, PolicyOptions
+from openvla_ros.policy.options import POLICY_SPECS, REMOTE_SPECS, RemoteOptions
 
 
 def policy_options(p: dict) -> PolicyOptions:
-    return PolicyOptions(
-        dtype=p['dtype'], device=p['device'], quantization=p['quantization'],
-        bnb_4bit_quant_type=p['bnb_4bit_quant_type'], bnb_4bit_compute_dtype=p['bnb_4bit_compute_dtype'],
-        prompt_template=p['prompt_template'], image_pipeline=p['image_pipeline'],
-        center_crop=bool(p['center_crop']), max_instruction_chars=defaults.MAX_INSTRUCTION_CHARS,
-        self_test=bool(p['self_test']), extra_latency_s=float(p['test.extra_latency_s']))
+    return PolicyOptions(**{s.field: s.type(p[s.ros_name]) for s in POLICY_SPECS if s.ros_name})
+
+
+def remote_options(p: dict) -> RemoteOptions:
+    return RemoteOptions(**{s.field: s.type(p[s.ros_name]) for s in REMOTE_SPECS})
 
 
 def make_policy(p: dict) -> Policy:
@@ -21,12 +20,27 @@ def make_policy(p: dict) -> Policy:
 
         return load_policy(p['model_path'], policy_options(p))
     if p['backend'] == 'remote':
-        from openvla_ros.server.client import RemotePolicy
+        from openvla_ros.policy.remote import RemotePolicy
 
-        return RemotePolicy(p['server_url'], timeout_s=float(p['server_timeout_s']),
-                            retries=int(p['server_retries']), backoff_s=float(p['server_backoff_s']),
-                            token=p['server_token'] or None)
+        policy = RemotePolicy.from_options(remote_options(p))
+        try:
+            policy.probe()   # learn the server's routes now; a server not up yet is probed later
+        except OpenVLAError:
+            pass
+        return policy
     raise ValueError(f'unknown backend {p["backend"]!r}')
+
+
+def model_label(p: dict, policy: Policy) -> str:
+    """The model the status reports. Remote: what the server says it runs (a plain ``/act``
+    server says nothing, so its URL and kind, with the configured ``model_id`` as a claim);
+    local: ``model_id`` or what the engine reports."""
+    reported = str(getattr(policy, 'model_id', '') or '')
+    if p['backend'] == 'remote':
+        if reported.startswith('remote:') and p['model_id']:
+            return f'{reported}, configured as {p["model_id"]}'
+        return reported
+    return p['model_id'] or reported
 
 
 def device_label(p: dict) -> str:

@@ -222,7 +222,7 @@ class VlaNode(LifecycleNode):
         if reason:
             self._fail_configure(reason)
             return TransitionCallbackReturn.FAILURE
-        self._model_id = p['model_id'] or str(getattr(self._policy, 'model_id', '') or '')
+        self._model_id = vla_backend.model_label(p, self._policy)
         try:
             self._frame_id = p['base_frame_id'] or load_embodiment(p['embodiment']).base_frame_id
         except (EmbodimentConfigError, FileNotFoundError) as exc:

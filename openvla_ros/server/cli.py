@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from openvla_ros import defaults
-from openvla_ros.cli.engine_args import add_policy_arguments, policy_options
+from openvla_ros.policy.options import add_policy_arguments, policy_options
 from openvla_ros.server.app import ServerConfig, create_app
 
 TOKEN_ENV = 'OPENVLA_SERVER_TOKEN'
