@@ -89,7 +89,7 @@ def test_eval_perturbed_array_references_sizes_rate_and_bad_frames(tmp_path, tin
     T = store.types
     bad = T['sensor_msgs/msg/Image'](
         header=T['std_msgs/msg/Header'](stamp=T['builtin_interfaces/msg/Time'](sec=1, nanosec=0), frame_id='c'),
-        height=4, width=4, encoding='yuv422', is_bigendian=0, step=8, data=np.zeros(32, np.uint8))
+        height=4, width=4, encoding='no-such-encoding', is_bigendian=0, step=8, data=np.zeros(32, np.uint8))
     refs = [(r.action + OFFSET, None) for r in engine_predictions]
     bag = write_bag(tmp_path / 'teleop', 'sqlite3', n_frames=N_FRAMES, instructions=INSTRUCTIONS, references=refs,
                     reference_type='array', reference_topic='/teleop/delta',
@@ -120,7 +120,7 @@ def test_eval_perturbed_array_references_sizes_rate_and_bad_frames(tmp_path, tin
     assert c['frames_skipped_conversion'] == 1 and c['frames_evaluated'] == N_FRAMES
     assert report['frame_sizes'] == {'64x48': N_FRAMES // 2, '80x60': N_FRAMES // 2}
     assert any('different sizes' in n for n in report['notes'])
-    assert any('yuv422' in s for s in report['skipped'])
+    assert any('no-such-encoding' in s for s in report['skipped'])
 
 
 def test_eval_truncated_mcap_keeps_partial_results(tmp_path, tiny_checkpoint, capsys):

@@ -1,7 +1,7 @@
 """``openvla-bag``: play, record and evaluate ROS 2 bags without rosbag2.
 
   openvla-bag play BAG [--rate R] [--loop] [--topics T ...] [--remap FROM:=TO] [--start-paused] [--clock [HZ]]
-  openvla-bag record -o OUT [TOPICS ...] [--camera [--camera-scale 0.5]] [--duration-s S] [--force]
+  openvla-bag record -o OUT [TOPICS ...] [--no-camera | --camera-scale 0.5] [--use-sim-time] [--duration-s S] [--force]
   openvla-bag eval BAG --checkpoint DIR [--instruction TEXT] [--output OUT_BAG] [--report-dir DIR] [--json]
 
 On a ROS workstation ``ros2 bag play BAG --clock`` and ``ros2 bag record`` do what ``play`` and
@@ -25,7 +25,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     from openvla_ros.bag.play import DEFAULT_CLOCK_HZ
-    from openvla_ros.cli.engine_args import add_policy_arguments
+    from openvla_ros.policy.options import add_policy_arguments
 
     parser = argparse.ArgumentParser(prog='openvla-bag', description=__doc__.split('\n\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
@@ -45,15 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--delay-s', type=float, default=0.0, help='wait this long before the first message, seconds')
     p.add_argument('--wait-for-subscribers-s', type=float, default=0.0,
                    help='wait up to this long until every publisher has a subscriber, seconds')
+    p.add_argument('--strict', action='store_true',
+                   help='fail when fewer messages are read than metadata.yaml lists (default: a warning)')
 
     r = sub.add_parser('record', help='record topics of the live graph into an mcap bag')
     r.add_argument('-o', '--output', required=True, help='bag directory to create')
-    r.add_argument('topics', nargs='*', help='topics to record (default: the openvla action, status, '
-                   'diagnostics and controller topics)')
-    r.add_argument('--camera', action='store_true', help=f'also record {defaults.CAMERA_TOPIC}')
+    r.add_argument('topics', nargs='*', help='topics to record (default: what eval reads -- the camera, the '
+                   'instruction and the actions -- plus the status, diagnostics and controller topics)')
+    r.add_argument('--camera', action=argparse.BooleanOptionalAction, default=None,
+                   help=f'add {defaults.CAMERA_TOPIC} to the topics given, or (--no-camera) leave it out')
     r.add_argument('--camera-scale', type=float, default=1.0, help='shrink camera images by this factor (0, 1]')
     r.add_argument('--duration-s', type=float, help='stop after this many seconds (default: until Ctrl-C)')
-    r.add_argument('--force', action='store_true', help='overwrite an existing output bag')
+    r.add_argument('--force', action='store_true', help='replace an earlier output bag (only a bag directory, '
+                   'and only once the new recording is closed)')
+    r.add_argument('--use-sim-time', action=argparse.BooleanOptionalAction, default=None,
+                   help=f'log times from {defaults.CLOCK_TOPIC} (default: when the graph has a '
+                   f'{defaults.CLOCK_TOPIC} publisher), or (--no-use-sim-time) from the wall clock')
 
     e = sub.add_parser('eval', help='run the policy offline on a bag and compare with recorded actions')
     e.add_argument('bag')
@@ -73,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('--report-dir', help='report.json and plots (default: <output>/report)')
     e.add_argument('--frame-id', default='', help='header.frame_id of the predicted actions (the embodiment base frame)')
     e.add_argument('--json', action='store_true', help='print the report as JSON on stdout')
-    e.add_argument('--force', action='store_true', help='overwrite existing output bag / report files')
+    e.add_argument('--force', action='store_true', help='replace an earlier output bag (only a bag directory, '
+                   'and only once the new one is complete) and report files')
+    e.add_argument('--strict', action='store_true',
+                   help='fail when fewer messages are read than metadata.yaml lists (default: a warning)')
     e.add_argument('--no-progress', action='store_true', help='no progress bar on stderr')
     add_policy_arguments(e)  # the same model options as openvla-predict and openvla-serve
     return parser
@@ -89,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
                 bag=args.bag, rate=args.rate, loop=args.loop, topics=args.topics,
                 remap=parse_remaps(args.remap), start_paused=args.start_paused, clock_hz=args.clock,
                 qos_reliability=args.qos_reliability, delay_s=args.delay_s,
-                wait_for_subscribers_s=args.wait_for_subscribers_s))
+                wait_for_subscribers_s=args.wait_for_subscribers_s, strict=args.strict))
         if args.command == 'record':
             from openvla_ros.bag.record import RecordOptions, record
 
             return record(RecordOptions(output=args.output, topics=args.topics, camera=args.camera,
                                         camera_scale=args.camera_scale, duration_s=args.duration_s,
-                                        force=args.force))
+                                        force=args.force, use_sim_time=args.use_sim_time))
         from openvla_ros.bag.evaluate import EvalOptions, run_eval
 
         return run_eval(EvalOptions.from_args(args))

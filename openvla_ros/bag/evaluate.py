@@ -12,12 +12,17 @@ the same stamp (nearest within ``--match-tolerance-s``) and the report gives per
 and RMSE, gripper agreement and, when token ids were recorded, token accuracy.
 
 A bag that breaks midway still gives a report over the frames read, marked ``complete: false``.
+A message that cannot be decoded (wrong type, truncated, corrupt image) is skipped, counted and
+named by topic and index; the run goes on. The output bag is written beside its final place and
+moved there only when the run has produced predictions, so a failed run never costs the previous
+output (see :class:`~openvla_ros.bag.storage.BagOutput`).
 """
 from __future__ import annotations
 
 import bisect
 import datetime as _dt
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +32,9 @@ import numpy as np
 from openvla_ros import defaults
 from openvla_ros.action_message import (ENDEFFECTOR_DELTA_TYPE, GRIPPER_INDEX, delta_action_vector,
                                      delta_fields_to_rosbags, dim_names, prediction_to_delta_fields)
-from openvla_ros.bag.storage import BagError, BagSource, open_writer, prepare_output, project_typestore
-from openvla_ros.cli.engine_args import policy_options
+from openvla_ros.bag.storage import (BagError, BagOutput, BagSource, check_not_input, one_line, open_writer,
+                                     project_typestore)
+from openvla_ros.policy.options import policy_options
 from openvla_ros.engine.api import PolicyOptions
 from openvla_ros.stamps import NS_PER_S, stamp_to_ns
 
@@ -58,6 +64,7 @@ class EvalOptions:
     frame_id: str | None = None
     json: bool = False
     force: bool = False
+    strict: bool = False
     progress: bool = True
     policy: PolicyOptions = field(default_factory=PolicyOptions)
 
@@ -67,7 +74,7 @@ class EvalOptions:
                    image_topic=a.image_topic, instruction_topic=a.instruction_topic,
                    reference_topic=a.reference_topic, match_tolerance_s=a.match_tolerance_s, rate_hz=a.rate,
                    output=a.output, report_dir=a.report_dir, frame_id=a.frame_id or None, json=a.json,
-                   force=a.force, progress=not a.no_progress, policy=policy_options(a))
+                   force=a.force, strict=a.strict, progress=not a.no_progress, policy=policy_options(a))
 
 
 @dataclass
@@ -93,6 +100,8 @@ class Counts:
     frames_selected: int = 0
     frames_evaluated: int = 0
     frames_skipped_conversion: int = 0
+    instructions_skipped: int = 0
+    references_skipped: int = 0
     frames_without_instruction: int = 0
     inference_errors: int = 0
     references: int = 0
@@ -227,35 +236,60 @@ def compute_metrics(pairs: list[tuple[Prediction, Reference]]) -> dict | None:
 
 def run_eval(opts: EvalOptions) -> int:
     """The eval sub-command; returns the exit status (see ``openvla_ros.bag.cli``)."""
-    from tqdm import tqdm
-
-    from openvla_ros.engine import OpenVLAError, load_policy
-    from openvla_ros.imaging import ImageConversionError
-
     if opts.rate_hz is not None and opts.rate_hz <= 0:
         raise BagError(f'--rate must be > 0, got {opts.rate_hz}')
     src = BagSource(opts.bag)
-    topics = _resolve_topics(src, opts)
-    output = Path(opts.output) if opts.output else default_output_path(src.path)
-    report_dir = Path(opts.report_dir) if opts.report_dir else output / 'report'
-    prepare_output(output, opts.force, what='output bag')
-    if opts.report_dir and (report_dir / REPORT_FILE).exists() and not opts.force:
-        raise BagError(f'report {report_dir / REPORT_FILE} already exists; pass --force to overwrite it')
-    if not Path(opts.checkpoint).is_dir():
-        raise BagError(f'checkpoint directory {opts.checkpoint} does not exist')
-
     try:
-        policy = load_policy(opts.checkpoint, opts.policy)
-    except OpenVLAError as exc:
-        raise BagError(f'cannot load checkpoint {opts.checkpoint}: {exc}') from exc
-    unnorm_key = _choose_unnorm_key(policy, opts.unnorm_key)
+        topics = _resolve_topics(src, opts)
+        output = Path(opts.output) if opts.output else default_output_path(src.path)
+        if opts.report_dir:
+            report_dir = Path(opts.report_dir)
+            check_not_input(report_dir, [src.path], 'report directory')
+            if (report_dir / REPORT_FILE).exists() and not opts.force:
+                raise BagError(f'report {report_dir / REPORT_FILE} already exists; pass --force to overwrite it')
+        out = BagOutput(output, opts.force, inputs=[src.path], what='output bag')
+    except BagError:
+        src.close()
+        raise
+    with out:
+        return _run(opts, src, topics, out)
+
+
+def _skip_note(topic: str, index: int, log_time_ns: int, exc: BaseException) -> str:
+    return f'{topic} message #{index} (bag time {log_time_ns}): {type(exc).__name__}: {one_line(exc)}'
+
+
+def _run(opts: EvalOptions, src: BagSource, topics: _Topics, out: BagOutput) -> int:
+    from tqdm import tqdm
+
+    from openvla_ros.engine import OpenVLAError, load_policy
+
+    output = out.target
+    report_dir = Path(opts.report_dir) if opts.report_dir else output / 'report'
+    staged_report_dir = Path(opts.report_dir) if opts.report_dir else out.path / 'report'
+    try:
+        if not Path(opts.checkpoint).is_dir():
+            raise BagError(f'checkpoint directory {opts.checkpoint} does not exist')
+        try:
+            policy = load_policy(opts.checkpoint, opts.policy)
+        except OpenVLAError as exc:
+            raise BagError(f'cannot load checkpoint {opts.checkpoint}: {exc}') from exc
+    except BagError:
+        src.close()
+        raise
+    try:
+        unnorm_key = _choose_unnorm_key(policy, opts.unnorm_key)
+    except BagError:
+        policy.close()
+        src.close()
+        raise
     frame_id = opts.frame_id
     if frame_id is None:
         from openvla_ros.control.embodiment import load_embodiment
         frame_id = load_embodiment(defaults.DEFAULT_EMBODIMENT).base_frame_id
 
     store = project_typestore()
-    writer = open_writer(output, 'mcap')
+    writer = open_writer(out.path, 'mcap')
     action_conn = writer.add_connection(defaults.ACTION_TOPIC, ENDEFFECTOR_DELTA_TYPE, typestore=store)
     counts = Counts(frames_in_bag=src.topics[topics.image].count)
     frame_sizes: dict[str, int] = {}
@@ -266,21 +300,30 @@ def run_eval(opts: EvalOptions) -> int:
     period_ns = int(NS_PER_S / opts.rate_hz) if opts.rate_hz else 0
     last_selected_ns = None
     wanted = [t for t in (topics.image, topics.instruction, topics.reference) if t]
+    index = dict.fromkeys(wanted, -1)
     fatal = None
-    first_conversion_error = None
     bar = tqdm(total=counts.frames_in_bag, file=sys.stderr, unit='frame', disable=not opts.progress,
                desc='openvla-bag eval')
     try:
         for m in src.messages(wanted):
+            index[m.topic] += 1
             if m.topic == topics.instruction:
-                instruction = store.deserialize_cdr(m.raw, STRING_TYPE).data
+                try:
+                    text = store.deserialize_cdr(m.raw, STRING_TYPE).data
+                    if not isinstance(text, str):
+                        raise TypeError(f'data is {type(text).__name__}, not a string')
+                    instruction = text
+                except Exception as exc:  # noqa: BLE001 - undecodable: skipped, the last good one stays
+                    counts.instructions_skipped += 1
+                    skips.append(_skip_note(m.topic, index[m.topic], m.log_time_ns, exc))
                 continue
             if m.topic == topics.reference:
                 try:
                     references.append(_reference_from(store, m.msgtype, m.raw, m.log_time_ns))
                     counts.references += 1
                 except Exception as exc:  # noqa: BLE001 - a bad reference is counted, not fatal
-                    skips.append(f'reference at {m.log_time_ns}: {exc}')
+                    counts.references_skipped += 1
+                    skips.append(_skip_note(m.topic, index[m.topic], m.log_time_ns, exc))
                 continue
             counts.frames_read += 1
             bar.update(1)
@@ -290,10 +333,9 @@ def run_eval(opts: EvalOptions) -> int:
             counts.frames_selected += 1
             try:
                 rgb, stamp_ns = _decode_image(store, m.msgtype, m.raw)
-            except (ImageConversionError, ValueError, KeyError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad frame is skipped, never the end of the run
                 counts.frames_skipped_conversion += 1
-                skips.append(f'frame at {m.log_time_ns}: {exc}')
-                first_conversion_error = first_conversion_error or skips[-1]
+                skips.append(_skip_note(m.topic, index[m.topic], m.log_time_ns, exc))
                 continue
             size = f'{rgb.shape[1]}x{rgb.shape[0]}'
             frame_sizes[size] = frame_sizes.get(size, 0) + 1
@@ -306,7 +348,7 @@ def run_eval(opts: EvalOptions) -> int:
                                                     sequence=counts.frames_evaluated)
             except OpenVLAError as exc:
                 counts.inference_errors += 1
-                skips.append(f'frame at {m.log_time_ns}: {type(exc).__name__}: {exc}')
+                skips.append(_skip_note(m.topic, index[m.topic], m.log_time_ns, exc))
                 continue
             writer.write(action_conn, m.log_time_ns,
                          store.serialize_cdr(delta_fields_to_rosbags(fields, store), ENDEFFECTOR_DELTA_TYPE))
@@ -334,6 +376,15 @@ def run_eval(opts: EvalOptions) -> int:
             pairs.append((p, r))
     counts.matched = len(pairs)
     problems = [e for e in (src.read_error, fatal) if e]
+    warnings = []
+    shortfall = src.count_warning()
+    if shortfall:
+        (problems if opts.strict else warnings).append(shortfall)
+    skipped_total = counts.frames_skipped_conversion + counts.instructions_skipped + counts.references_skipped
+    if skipped_total:
+        warnings.append(f'skipped {skipped_total} undecodable message(s): {counts.frames_skipped_conversion} '
+                        f'frame(s), {counts.instructions_skipped} instruction(s), '
+                        f'{counts.references_skipped} reference(s); first: {skips[0]}')
     if len(frame_sizes) > 1:
         topics.notes.append(f'frames of different sizes: {frame_sizes}')
     latencies = np.array([p.latency_s for p in predictions])
@@ -354,6 +405,7 @@ def run_eval(opts: EvalOptions) -> int:
         'rate_hz': opts.rate_hz,
         'complete': not problems,
         'problems': problems,
+        'warnings': warnings,
         'notes': topics.notes,
         'counts': vars(counts),
         'frame_sizes': frame_sizes,
@@ -366,19 +418,32 @@ def run_eval(opts: EvalOptions) -> int:
     }
     from openvla_ros.bag.report import plot_actions, summary_table
 
-    report_dir.mkdir(parents=True, exist_ok=True)
-    if predictions:
-        report['plots'] = [str(p) for p in plot_actions(predictions, matches, report_dir)]
-    (report_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    # a run without a single prediction does not replace an earlier output
+    keep = bool(predictions) or not output.exists()
+    if not keep:
+        problems.append(f'no prediction was made; the existing {output} is left as it was')
+        report['problems'], report['complete'] = problems, False
+        report['output_bag'] = None
+    if keep or opts.report_dir:
+        staged_report_dir.mkdir(parents=True, exist_ok=True)
+        if predictions:
+            plots = plot_actions(predictions, matches, staged_report_dir)
+            report['plots'] = [str(report_dir / p.name) for p in plots]
+        tmp = staged_report_dir / f'.{REPORT_FILE}.partial'
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, staged_report_dir / REPORT_FILE)
+    else:
+        report['report_dir'] = None
+    if keep:
+        out.commit()
     if opts.json:
         print(json.dumps(report, indent=2))
     else:
         print(summary_table(report))
     for note in topics.notes:
         print(f'openvla-bag eval: note: {note}', file=sys.stderr)
-    if counts.frames_skipped_conversion:
-        print(f'openvla-bag eval: skipped {counts.frames_skipped_conversion} frame(s) that failed conversion, '
-              f'first: {first_conversion_error}', file=sys.stderr)
+    for warning in warnings:
+        print(f'openvla-bag eval: warning: {warning}', file=sys.stderr)
     for problem in problems:
         print(f'openvla-bag eval: error: {problem}; the report covers the {counts.frames_read} frames read',
               file=sys.stderr)

@@ -36,6 +36,7 @@ class PlayOptions:
     qos_reliability: str | None = None
     delay_s: float = 0.0
     wait_for_subscribers_s: float = 0.0
+    strict: bool = False
 
 
 def parse_remaps(items: list[str] | None) -> dict[str, str]:
@@ -252,7 +253,7 @@ def play(opts: PlayOptions) -> int:
         player.start()
         while rclpy.ok() and not player.finished.is_set():
             executor.spin_once(timeout_sec=0.05)
-        return 0
+        return _outcome(source, player, opts, plan)
     except (KeyboardInterrupt, ExternalShutdownException):
         return 0
     finally:
@@ -263,6 +264,22 @@ def play(opts: PlayOptions) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
         source.close()
+
+
+def _outcome(source: BagSource, player: Player, opts: PlayOptions, plan) -> int:
+    """Exit status of a playback that ran to its end: a bag that holds messages but published none,
+    or (with ``--strict``) fewer messages than its metadata lists, is a failure."""
+    listed = sum(source.topics[topic].count for topic, _, _ in plan)
+    rc = 0
+    shortfall = source.count_warning()
+    if shortfall:
+        print(f'openvla-bag play: {"error" if opts.strict else "warning"}: {shortfall}', file=sys.stderr)
+        rc = 1 if opts.strict else rc
+    if player.published == 0 and listed > 0:
+        print(f'openvla-bag play: error: published nothing although the bag lists {listed} messages',
+              file=sys.stderr)
+        rc = 1
+    return rc
 
 
 def _spin_for(executor, seconds: float) -> None:

@@ -6,7 +6,18 @@ subscriptions), never deserialised, except the camera when ``--camera-scale`` as
 it. Each topic's message definition goes into the bag so any tool can decode it.
 
 Topics are subscribed as soon as they appear in the graph, with a QoS compatible with their
-publishers (latched topics such as /openvla/status are recorded with their last message).
+publishers (latched topics such as /openvla/status are recorded with their last message). The
+default topics are everything ``openvla-bag eval`` reads (camera, instruction, actions) plus the
+status and controller topics.
+
+Log times come from the node clock: the wall clock, or ``/clock`` with ``--use-sim-time``, which
+is chosen by itself when the graph has a ``/clock`` publisher at the start (the simulator, a
+bag replay). Then the bag's timeline is the header stamps' timeline, and ``play --clock``
+replays it to ``use_sim_time`` nodes with consistent image ages. Messages that arrive before
+the first ``/clock`` message are held and logged at that first time.
+
+The bag is written into a hidden folder beside ``-o`` and moved there when recording stops, so
+``--force`` replaces an earlier recording only with a finished one.
 """
 from __future__ import annotations
 
@@ -16,9 +27,11 @@ import time
 from dataclasses import dataclass, field
 
 from openvla_ros import defaults
-from openvla_ros.bag.storage import BagError, open_writer, prepare_output, project_typestore
+from openvla_ros.bag.storage import BagError, BagOutput, open_writer, project_typestore
 
 DEFAULT_RECORD_TOPICS = (
+    defaults.CAMERA_TOPIC,
+    defaults.INSTRUCTION_TOPIC,
     defaults.ACTION_TOPIC,
     defaults.VLA_STATUS_TOPIC,
     defaults.DIAGNOSTICS_TOPIC,
@@ -26,6 +39,8 @@ DEFAULT_RECORD_TOPICS = (
     defaults.TARGET_POSE_TOPIC,
 )
 DISCOVERY_PERIOD_S = 0.2
+CLOCK_DISCOVERY_S = 1.0     # how long "auto" looks for a /clock publisher before choosing the wall clock
+MAX_HELD_BEFORE_CLOCK = 10_000
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 
 
@@ -33,16 +48,19 @@ IMAGE_TYPE = 'sensor_msgs/msg/Image'
 class RecordOptions:
     output: str
     topics: list[str] = field(default_factory=list)
-    camera: bool = False
+    camera: bool | None = None           # None: as the topic list says; True adds, False removes it
     camera_scale: float = 1.0
     duration_s: float | None = None
     force: bool = False
+    use_sim_time: bool | None = None     # None: sim time when the graph has a /clock publisher
 
 
 def record_topics(opts: RecordOptions) -> list[str]:
     topics = list(opts.topics) or list(DEFAULT_RECORD_TOPICS)
     if opts.camera and defaults.CAMERA_TOPIC not in topics:
         topics.append(defaults.CAMERA_TOPIC)
+    if opts.camera is False:
+        topics = [t for t in topics if t != defaults.CAMERA_TOPIC]
     return topics
 
 
@@ -63,8 +81,11 @@ def downscale_image(msg, scale: float):
 
 
 class Recorder:
-    def __init__(self, node, writer, topics: list[str], camera_scale: float):
+    def __init__(self, node, writer, topics: list[str], camera_scale: float, sim_time: bool = False):
         self.node, self.writer = node, writer
+        self.sim_time = sim_time
+        self._held: list[tuple[str, object, bytes]] = []   # received before the first /clock
+        self.dropped_before_clock = 0
         self.wanted = topics
         self.camera_scale = camera_scale
         self.store = project_typestore()
@@ -110,31 +131,65 @@ class Recorder:
             self.node.get_logger().info(f'recording {topic} ({msgtype})')
 
     def _write(self, topic: str, conn, raw: bytes) -> None:
-        # receive time on the system clock: the bag's timeline, as rosbag2 records it
-        self.writer.write(conn, time.time_ns(), raw)
+        # receive time on the node clock (wall, or /clock under sim time): the bag's timeline
+        now = self.node.get_clock().now().nanoseconds
+        if self.sim_time and now == 0:
+            if len(self._held) < MAX_HELD_BEFORE_CLOCK:
+                self._held.append((topic, conn, bytes(raw)))
+            else:
+                self.dropped_before_clock += 1
+            return
+        for held_topic, held_conn, held_raw in self._held:
+            self.writer.write(held_conn, now, held_raw)
+            self.counts[held_topic] += 1
+        self._held.clear()
+        self.writer.write(conn, now, raw)
         self.counts[topic] += 1
+
+
+def _graph_has_clock(node, executor, wait_s: float) -> bool:
+    deadline = time.monotonic() + wait_s
+    while True:
+        if node.count_publishers(defaults.CLOCK_TOPIC) > 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        executor.spin_once(timeout_sec=0.05)
 
 
 def record(opts: RecordOptions) -> int:
     if not 0 < opts.camera_scale <= 1:
         raise BagError(f'--camera-scale must be in (0, 1], got {opts.camera_scale}')
     topics = record_topics(opts)
-    out = prepare_output(opts.output, opts.force, what='output bag')
+    out = BagOutput(opts.output, opts.force, what='output bag')
+    with out:
+        rc = _record(opts, topics, out)
+        out.commit()
+    return rc
 
+
+def _record(opts: RecordOptions, topics: list[str], out: BagOutput) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.parameter import Parameter
 
-    writer = open_writer(out, 'mcap')
+    writer = open_writer(out.path, 'mcap')
     rclpy.init()
     node = rclpy.create_node(defaults.BAG_RECORDER_NODE)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    recorder = Recorder(node, writer, topics, opts.camera_scale)
+    sim_time = opts.use_sim_time
+    if sim_time is None:
+        sim_time = _graph_has_clock(node, executor, CLOCK_DISCOVERY_S)
+    if sim_time:
+        node.set_parameters([Parameter('use_sim_time', Parameter.Type.BOOL, True)])
+    recorder = Recorder(node, writer, topics, opts.camera_scale, sim_time=sim_time)
     stop = {'now': False}
     # SIGTERM (service managers, CI) ends the recording as cleanly as Ctrl-C does
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     deadline = time.monotonic() + opts.duration_s if opts.duration_s else None
-    node.get_logger().info(f'recording {", ".join(topics)} into {out}')
+    node.get_logger().info(f'recording {", ".join(topics)} into {out.target} '
+                           f'(log times from {defaults.CLOCK_TOPIC if sim_time else "the wall clock"})')
     try:
         next_discovery = 0.0
         while rclpy.ok() and not stop['now']:
@@ -154,7 +209,12 @@ def record(opts: RecordOptions) -> int:
         writer.close()
     never = [t for t in topics if t not in recorder.connections]
     summary = ', '.join(f'{t}: {n}' for t, n in recorder.counts.items())
-    print(f'openvla-bag record: wrote {out} ({summary})', file=sys.stderr)
+    print(f'openvla-bag record: wrote {out.target} ({summary})', file=sys.stderr)
     if never:
         print(f'openvla-bag record: never saw {", ".join(never)}', file=sys.stderr)
+    lost = len(recorder._held) + recorder.dropped_before_clock
+    if lost:
+        print(f'openvla-bag record: warning: {lost} message(s) arrived but no {defaults.CLOCK_TOPIC} message '
+              'ever did, so they have no log time and are not in the bag', file=sys.stderr)
+        return 1
     return 0

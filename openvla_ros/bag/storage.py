@@ -7,11 +7,19 @@ definitions and any tool (``ros2 bag``, Foxglove, ``mcap_ros2``) can decode them
 A bag whose mcap file was cut short (a recorder killed mid-write, a copy interrupted) has no
 summary section and ``rosbags`` refuses to open it; :class:`BagSource` then falls back to a
 sequential scan that yields every message up to the break and records why it stopped.
+
+Nothing is lost silently: messages are matched to their topic by name and type only (rosbags
+also compares the offered QoS profiles in ``metadata.yaml`` with those in the storage file and
+yields nothing for a topic where they differ, which real rosbag2 recordings do), and after a
+full pass the messages read are compared with the counts in ``metadata.yaml``
+(:attr:`BagSource.shortfall`).
 """
 from __future__ import annotations
 
 import functools
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -73,6 +81,7 @@ class BagSource:
         self.path = Path(path)
         self.read_error: str | None = None     # set when reading stopped early
         self.recovered: bool = False            # opened through the sequential mcap scan
+        self.shortfall: dict[str, tuple[int, int]] = {}   # topic -> (count in metadata, read)
         self._reader = None
         self._mcap_file: Path | None = None
         self.topics: dict[str, TopicInfo] = {}
@@ -92,10 +101,10 @@ class BagSource:
         except Exception as exc:  # rosbags raises several types; all mean "cannot open"
             mcap = self._single_mcap_file()
             if mcap is None:
-                raise BagError(f'cannot open bag {self.path}: {_one_line(exc)}') from exc
+                raise BagError(f'cannot open bag {self.path}: {one_line(exc)}') from exc
             self._mcap_file = mcap
             self.recovered = True
-            self._scan_mcap_topics(open_error=_one_line(exc))
+            self._scan_mcap_topics(open_error=one_line(exc))
             return
         self._reader = reader
         for conn in reader.connections:
@@ -151,7 +160,7 @@ class BagSource:
                         topic, msgtype = channels[rec.channel_id]
                         yield topic, msgtype, rec.log_time, (rec.data if with_data else b'')
             except Exception as exc:  # the break: stop here, keep everything before it
-                self._scan_error = _one_line(exc) or type(exc).__name__
+                self._scan_error = one_line(exc) or type(exc).__name__
 
     # ---- reading ----
     def describe(self) -> str:
@@ -174,11 +183,56 @@ class BagSource:
         conns = [c for c in self._reader.connections if wanted is None or c.topic in wanted]
         if not conns:
             return
+        read: dict[str, int] = {c.topic: 0 for c in conns}
         try:
-            for conn, t, raw in self._reader.messages(connections=conns):
+            for conn, t, raw in self._storage_messages(conns):
+                read[conn.topic] += 1
                 yield BagMessage(conn.topic, conn.msgtype, t, raw)
         except Exception as exc:  # corrupt chunk / sqlite page: keep what was read
-            self.read_error = f'bag damaged, stopped reading: {_one_line(exc)}'
+            self.read_error = f'bag damaged, stopped reading: {one_line(exc)}'
+        self._check_counts(read)
+
+    def _storage_messages(self, conns):
+        """(connection, log time, raw) of ``conns`` from every storage file of the bag.
+
+        A bag directory's connections come from ``metadata.yaml`` and rosbags pairs them with
+        the storage file's connections by topic, type *and* offered QoS; the QoS strings that
+        rosbag2 writes into the two places need not agree, and then rosbags yields nothing.
+        Here the pairing is by topic and type (and type hash when both have one)."""
+        storage = self._reader.storage
+        files = getattr(storage, 'storages', None)
+        if files is None:   # a single .mcap/.db3 file: its connections are the file's own
+            yield from self._reader.messages(connections=conns)
+            return
+        per_message_zstd = getattr(storage.metadata, 'compression_mode', None) == 'message'
+        for f in files:
+            pairs = {}
+            for fc in f.connections:
+                match = next((c for c in conns if c.topic == fc.topic and c.msgtype == fc.msgtype
+                              and (not c.digest or not fc.digest or c.digest == fc.digest)), None)
+                if match is not None:
+                    pairs[fc.id] = match
+            selected = [fc for fc in f.connections if fc.id in pairs]
+            if not selected:
+                continue
+            for fc, t, raw in f.messages(selected, None, None):
+                if per_message_zstd:
+                    from rosbags.rosbag2.reader import zstd   # the decompressor rosbags uses
+                    raw = zstd.decompress(raw)
+                yield pairs[fc.id], t, raw
+
+    def _check_counts(self, read: dict[str, int]) -> None:
+        for topic, n in read.items():
+            expected = self.topics[topic].count
+            if n < expected:
+                self.shortfall[topic] = (expected, n)
+
+    def count_warning(self) -> str | None:
+        """One line naming every topic that yielded fewer messages than ``metadata.yaml`` says."""
+        if not self.shortfall:
+            return None
+        parts = ', '.join(f'{t}: read {n} of {e}' for t, (e, n) in sorted(self.shortfall.items()))
+        return f'fewer messages read than the bag metadata lists ({parts})'
 
     def close(self) -> None:
         if self._reader is not None:
@@ -192,27 +246,81 @@ class BagSource:
         self.close()
 
 
-def prepare_output(path: str | Path, force: bool, what: str = 'output') -> Path:
-    """Make sure ``path`` can be created: refuse to overwrite unless ``force``.
+def _is_replaceable_bag(p: Path) -> bool:
+    """A bag directory (metadata.yaml plus storage files, maybe a report folder) or an empty one."""
+    if not p.is_dir() or p.is_symlink():
+        return False
+    entries = list(p.iterdir())
+    return not entries or (p / 'metadata.yaml').is_file()
 
-    With ``force`` only something that looks like a bag or an empty directory is removed, so a
-    typo never deletes an unrelated directory.
+
+def check_not_input(path: str | Path, inputs: Iterable[str | Path], what: str) -> None:
+    """Refuse an output that is an input, holds one or lies inside one (symlinks and relative
+    paths resolved), so writing or replacing it can never touch a recording being read."""
+    real = Path(os.path.abspath(path)).resolve()
+    for i in inputs:
+        src = Path(i).resolve()
+        if real == src or real in src.parents or src in real.parents:
+            raise BagError(f'{what} {path} is (or holds, or is inside) the input {i}; choose another one')
+
+
+class BagOutput:
+    """A new bag (or any tool output folder) written next to its final place and renamed there.
+
+    The writer gets :attr:`path`, inside a fresh hidden folder beside ``target``; only
+    :meth:`commit` moves it to ``target``, replacing an earlier output (``force``) in one rename.
+    A run that fails before it commits leaves the previous output untouched. ``force`` never
+    replaces the input, a folder holding the input, anything that is not a bag directory, or a
+    plain file.
     """
-    p = Path(path)
-    if not p.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-    if not force:
-        raise BagError(f'{what} {p} already exists; pass --force to overwrite it')
-    if p.is_dir():
-        entries = list(p.iterdir())
-        looks_like_bag = (p / 'metadata.yaml').exists() or any(e.suffix in ('.mcap', '.db3') for e in entries)
-        if entries and not looks_like_bag:
-            raise BagError(f'{what} {p} exists and is not a bag; refusing to delete it even with --force')
-        shutil.rmtree(p)
-    else:
-        p.unlink()
-    return p
+
+    def __init__(self, target: str | Path, force: bool, inputs: Iterable[str | Path] = (),
+                 what: str = 'output bag'):
+        self.target = Path(target)
+        self.what = what
+        check_not_input(self.target, inputs, what)
+        if self.target.exists() or self.target.is_symlink():
+            if not force:
+                raise BagError(f'{what} {self.target} already exists; pass --force to replace it')
+            if not _is_replaceable_bag(self.target):
+                kind = 'a file' if self.target.is_file() else 'not a bag directory (no metadata.yaml)'
+                raise BagError(f'{what} {self.target} exists and is {kind}; refusing to replace it '
+                               'even with --force')
+        parent = self.target.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._staging = Path(tempfile.mkdtemp(prefix=f'.{self.target.name}.partial-', dir=parent))
+        except OSError as exc:
+            raise BagError(f'cannot create {what} in {parent}: {exc}') from exc
+        self.path = self._staging / self.target.name
+        self.committed = False
+
+    def commit(self) -> Path:
+        """Move the new output into place (replacing the old one); returns the final path."""
+        old = None
+        if self.target.exists():
+            old = self._staging / '.previous'
+            os.replace(self.target, old)
+        try:
+            os.replace(self.path, self.target)
+        except OSError:
+            if old is not None:
+                os.replace(old, self.target)
+            raise
+        self.committed = True
+        shutil.rmtree(self._staging, ignore_errors=True)
+        return self.target
+
+    def discard(self) -> None:
+        """Remove what was written; the previous output (if any) stays as it was."""
+        shutil.rmtree(self._staging, ignore_errors=True)
+
+    def __enter__(self) -> 'BagOutput':
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> None:
+        if not self.committed:
+            self.discard()
 
 
 def open_writer(path: Path, storage: str = 'mcap'):
@@ -224,10 +332,10 @@ def open_writer(path: Path, storage: str = 'mcap'):
     try:
         writer.open()
     except Exception as exc:
-        raise BagError(f'cannot create bag {path}: {_one_line(exc)}') from exc
+        raise BagError(f'cannot create bag {path}: {one_line(exc)}') from exc
     return writer
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)
