@@ -1,7 +1,12 @@
 """Shared test fixtures.
 
 The runtime environment (loopback-only Fast DDS, random ROS_DOMAIN_ID, offline model hub) is
-applied here before anything imports rclpy, so no test sends a packet off this machine.
+applied here before anything imports rclpy, so no test sends a packet off this machine. Each
+pytest-xdist worker gets its own ROS domain (exported, so the processes a test starts share it),
+so ``pytest -n 2`` runs two graphs that cannot see each other.
+
+Tests that use a live ROS graph carry the ``ros`` marker: the fixtures that start rclpy or
+node processes refuse to run for a test without it, so ``-m "not ros"`` is really ROS-free.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from pathlib import Path
 
 from openvla_ros import runtime_env
 
-runtime_env.apply()
+runtime_env.apply(domain_id=runtime_env.worker_domain_id())
 
 import pytest  # noqa: E402
 
@@ -37,9 +42,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return out
 
 
+def _require_ros_marker(request) -> None:
+    if request.node.get_closest_marker('ros') is None:
+        pytest.fail(f'{request.node.nodeid} uses a live ROS graph but lacks the ros marker '
+                    '(pytestmark = pytest.mark.ros)', pytrace=False)
+
+
 @pytest.fixture
-def ros_context():
+def ros_context(request):
     """A fresh rclpy context for one test; shut down afterwards even if the test fails."""
+    _require_ros_marker(request)
     import rclpy
     from rclpy.context import Context
 
@@ -53,12 +65,15 @@ def ros_context():
 
 def spin_until(executor, predicate, timeout_s: float, step_s: float = 0.02) -> bool:
     """Spin ``executor`` until ``predicate()`` is true or ``timeout_s`` passes; return predicate()."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    from openvla_ros.nodes.common import wait_for
+
+    def spun() -> bool:
         if predicate():
             return True
         executor.spin_once(timeout_sec=step_s)
-    return bool(predicate())
+        return False
+
+    return wait_for(spun, timeout_s, step_s=0.0)
 
 
 class ProcessGroup:
@@ -95,7 +110,8 @@ class ProcessGroup:
 
 
 @pytest.fixture
-def processes(tmp_path):
+def processes(request, tmp_path):
+    _require_ros_marker(request)
     group = ProcessGroup(tmp_path)
     try:
         yield group

@@ -24,6 +24,8 @@ from openvla_ros.msg import ControllerStatus, EndEffectorDelta
 from openvla_ros.nodes import common
 from openvla_ros.nodes.arm_controller import ArmControllerNode
 
+pytestmark = pytest.mark.ros
+
 
 class Rig:
     """The controller under test plus a client node with publishers/subscribers and recorders."""

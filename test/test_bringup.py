@@ -83,6 +83,7 @@ def test_bad_arguments_are_refused_with_the_reason():
     assert bringup.parse_cli_arguments(['instruction:=a:=b']) == {'instruction': 'a:=b'}
 
 
+@pytest.mark.ros
 def test_ros_args_are_understood_by_rclpy(ros_context):
     """Name, namespace, parameters and remappings as rclpy resolves them from the arguments."""
     import rclpy

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image as PILImage
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import qos_profile_sensor_data
@@ -20,6 +21,8 @@ from openvla_ros.imaging import rgb_to_image_fields
 from openvla_ros.msg import EndEffectorDelta, VlaStatus
 from openvla_ros.nodes import common
 from openvla_ros.server.process import ServerProcess
+
+pytestmark = pytest.mark.ros
 
 CASE = 1   # parity case: 224 x 224, "put carrot on plate", bridge_orig
 
