@@ -144,3 +144,29 @@ def test_bad_yaml_names_the_key(mutate, key):
     mutate(d)
     with pytest.raises(EmbodimentConfigError, match=key.replace('.', r'\.')):
         embodiment_from_dict(d, 'bad')
+
+
+def test_delta_to_twist_integrates_back_to_the_delta_at_large_angles():
+    from scipy.spatial.transform import Rotation
+
+    from openvla_ros.control.geometry import delta_to_twist
+    rpy = (1.2, -0.8, 2.0)
+    period = 0.2
+    linear, angular = delta_to_twist((0.01, -0.02, 0.03), rpy, period)
+    np.testing.assert_allclose(linear, [0.05, -0.1, 0.15])
+    # a constant angular velocity held for one period is the rotation exp(w * T)
+    reached = Rotation.from_rotvec(angular * period).as_matrix()
+    np.testing.assert_allclose(reached, rotation_from_static_xyz(*rpy), atol=1e-12)
+    # Euler rates are not an angular velocity: at this size they miss the delta by far
+    euler_rates = Rotation.from_rotvec(np.asarray(rpy)).as_matrix()
+    assert np.abs(euler_rates - rotation_from_static_xyz(*rpy)).max() > 0.3
+    with pytest.raises(ValueError):
+        delta_to_twist((0, 0, 0), (0, 0, 0), 0.0)
+
+
+def test_gripper_inverse_mapping_round_trips_and_clips():
+    g = GripperMapping('left_finger', 0.015, 0.037)
+    for cmd in (0.0, 0.25, 0.5, 1.0):
+        assert g.command_from_position_m(g.position_m(cmd)) == pytest.approx(cmd)
+    assert g.command_from_position_m(0.0) == 0.0 and g.command_from_position_m(1.0) == 1.0
+    assert GripperMapping('f', 0.02, 0.02).command_from_position_m(0.02) == 1.0

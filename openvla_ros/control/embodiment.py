@@ -39,6 +39,14 @@ class GripperMapping:
         g = float(np.clip(gripper, 0.0, 1.0))
         return self.closed_position_m + g * (self.open_position_m - self.closed_position_m)
 
+    def command_from_position_m(self, position_m: float) -> float:
+        """Inverse of :meth:`position_m`: the gripper command in [0, 1] a finger position shows
+        (1.0 when the two ends coincide: nothing to infer, report open)."""
+        span = self.open_position_m - self.closed_position_m
+        if span == 0:
+            return 1.0
+        return float(np.clip((float(position_m) - self.closed_position_m) / span, 0.0, 1.0))
+
 
 @dataclass(frozen=True)
 class Embodiment:
@@ -73,9 +81,9 @@ class Embodiment:
     output_joint_trajectory: bool = True
     output_servo_twist: bool = False
     servo_rate_hz: float = 50.0
-    joint_trajectory_topic: str = defaults.JOINT_TRAJECTORY_TOPIC
-    servo_twist_topic: str = defaults.SERVO_TWIST_TOPIC
-    gripper_width_topic: str = defaults.GRIPPER_WIDTH_TOPIC
+    joint_trajectory_topic: str = defaults.relative(defaults.JOINT_TRAJECTORY_TOPIC)
+    servo_twist_topic: str = defaults.relative(defaults.SERVO_TWIST_TOPIC)
+    gripper_width_topic: str = defaults.relative(defaults.GRIPPER_WIDTH_TOPIC)
 
     def __post_init__(self):
         validate(self)

@@ -49,6 +49,20 @@ def rotation_vector(rotation: np.ndarray) -> np.ndarray:
     return Rotation.from_matrix(rotation).as_rotvec()
 
 
+def delta_to_twist(delta_xyz, delta_rpy, period_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The constant twist that carries out one Bridge delta in ``period_s`` seconds.
+
+    ``delta_rpy`` are static-XYZ Euler angles (the action convention); their rates are not an
+    angular velocity, so the rotation is converted to its rotation vector first: turning at
+    ``rotvec / period_s`` about a fixed base axis for ``period_s`` yields exactly ``R_d``.
+    Both vectors are in the base frame (the frame the delta is expressed in)."""
+    if not period_s > 0:
+        raise ValueError(f'period_s must be positive, got {period_s!r}')
+    linear = np.asarray(delta_xyz, dtype=float).reshape(3) / period_s
+    angular = rotation_vector(rotation_from_static_xyz(*np.asarray(delta_rpy, dtype=float).reshape(3))) / period_s
+    return linear, angular
+
+
 @dataclass(frozen=True)
 class Pose:
     """An end-effector pose in the base frame: position in metres, orientation as a rotation matrix."""

@@ -135,10 +135,9 @@ class SafetyController:
 
     def _measured_gripper(self) -> float:
         g = self.embodiment.gripper
-        if g is None or g.joint not in self._joints or g.open_position_m == g.closed_position_m:
+        if g is None or g.joint not in self._joints:
             return 1.0
-        return float(np.clip((self._joints[g.joint] - g.closed_position_m)
-                             / (g.open_position_m - g.closed_position_m), 0.0, 1.0))
+        return g.command_from_position_m(self._joints[g.joint])
 
     @property
     def mode(self) -> Mode:
