@@ -22,17 +22,6 @@ BOOLEAN = ('true', 'false')
 DEFAULT_VLA_CONFIG = 'openvla_7b_bridge'
 SIM_VLA_CONFIG = 'openvla_tiny_sim'
 
-# The package's own topics; in a namespace they move into it (rosout, /diagnostics and /clock
-# stay global, as ROS tools expect).
-NAMESPACED_TOPICS = (
-    defaults.CAMERA_TOPIC, defaults.COMPRESSED_CAMERA_TOPIC, defaults.INSTRUCTION_TOPIC,
-    defaults.ACTION_TOPIC, defaults.ACTION_TWIST_TOPIC, defaults.VLA_STATUS_TOPIC,
-    defaults.JOINT_STATES_TOPIC, defaults.JOINT_TRAJECTORY_TOPIC, defaults.TARGET_POSE_TOPIC,
-    defaults.SERVO_TWIST_TOPIC, defaults.GRIPPER_WIDTH_TOPIC, defaults.CONTROLLER_STATUS_TOPIC,
-    defaults.ESTOP_TOPIC,
-)
-
-
 @dataclass(frozen=True)
 class LaunchArgument:
     name: str
@@ -139,7 +128,7 @@ def node_specs(values: Mapping[str, str] | None = None) -> list[NodeSpec]:
     use_sim_time = (a['use_sim_time'] or a['sim']) == 'true'
     ns = a['namespace'].strip('/')
     ns = f'/{ns}' if ns else ''
-    topics = _topic_remappings(ns, a['camera_topic'])
+    topics = _topic_remappings(a['camera_topic'])
 
     vla_overrides: dict = {'use_sim_time': use_sim_time, 'embodiment': a['embodiment']}
     for k in ('model_path', 'quantization', 'dtype', 'device', 'unnorm_key', 'instruction'):
@@ -158,19 +147,13 @@ def node_specs(values: Mapping[str, str] | None = None) -> list[NodeSpec]:
     return specs
 
 
-def _topic_remappings(ns: str, camera_topic: str) -> list[tuple[str, str]]:
-    """The chosen camera topic, and the other package topics moved into the namespace (a
-    relative target resolves inside the node's namespace)."""
-    chosen = {}
-    if camera_topic != defaults.CAMERA_TOPIC:  # taken as given: absolute stays absolute
-        chosen = {defaults.CAMERA_TOPIC: camera_topic,
-                  defaults.COMPRESSED_CAMERA_TOPIC: camera_topic.rstrip('/') + '/compressed'}
-    out = []
-    for topic in NAMESPACED_TOPICS:
-        target = chosen.get(topic, topic[1:] if ns else topic)
-        if target != topic:
-            out.append((topic, target))
-    return out
+def _topic_remappings(camera_topic: str) -> list[tuple[str, str]]:
+    """The chosen camera topic, taken as given (absolute stays absolute). Nothing else: the nodes
+    use relative names, so the namespace alone moves the package topics."""
+    if camera_topic == defaults.CAMERA_TOPIC:
+        return []
+    return [(defaults.relative(defaults.CAMERA_TOPIC), camera_topic),
+            (defaults.relative(defaults.COMPRESSED_CAMERA_TOPIC), camera_topic.rstrip('/') + '/compressed')]
 
 
 def parse_cli_arguments(argv: list[str]) -> dict[str, str]:

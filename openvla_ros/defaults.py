@@ -1,7 +1,13 @@
 """The one place for topic names, node names and shared default values.
 
-Every node, launch description, CLI, test and document takes these from here. Relative names
-(``~/...``) are private to the node that owns them.
+Every node, launch description, CLI, test and document takes these from here.
+
+The ``*_TOPIC`` constants are the names as seen from the root namespace: what a single robot's
+graph shows, what bags record and what the tools outside the nodes (bag tools, demo, tests)
+subscribe to. The nodes themselves create their topics by :func:`relative` name, so
+``--ros-args -r __ns:=/robot1`` moves every package topic into ``/robot1`` (as yolo_ros and
+moveit_servo do); ``~/...`` names are private to the node that owns them, and ``/diagnostics``
+and ``/clock`` stay global, where ROS tools look for them.
 """
 # ---- node names (also the executable names) ----
 VLA_NODE = 'vla_node'
@@ -40,3 +46,24 @@ DEFAULT_EMBODIMENT = 'widowx_250s_bridge'
 DEFAULT_SERVER_HOST = '127.0.0.1'
 DEFAULT_SERVER_PORT = 8000
 MAX_INSTRUCTION_CHARS = 1000   # longer instructions are rejected with a clear error
+
+# Topics that stay global in a namespace: the aggregator and the clock are one per graph.
+GLOBAL_TOPICS = frozenset({DIAGNOSTICS_TOPIC, CLOCK_TOPIC})
+
+
+def relative(topic: str) -> str:
+    """The name a node creates ``topic`` under: relative (resolved in the node's namespace),
+    except for private (``~/``) and :data:`GLOBAL_TOPICS` names."""
+    if topic in GLOBAL_TOPICS or not topic.startswith('/'):
+        return topic
+    return topic[1:]
+
+
+def in_namespace(topic: str, namespace: str = '', node: str = '') -> str:
+    """The absolute name ``topic`` resolves to for a node ``node`` in ``namespace`` (tools that
+    talk to a namespaced node set)."""
+    ns = '/' + namespace.strip('/') if namespace.strip('/') else ''
+    if topic.startswith('~/'):
+        return f'{ns}/{node}/{topic[2:]}'
+    name = relative(topic)
+    return name if name.startswith('/') else f'{ns}/{name}'

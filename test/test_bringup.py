@@ -59,8 +59,11 @@ def test_arguments_reach_the_nodes():
         'quantization': '4bit', 'dtype': 'float16', 'device': 'cuda:1', 'unnorm_key': 'fractal20220817_data',
         'instruction': 'put the spoon in the pot'}
     assert arm.param_values()['embodiment'] == 'other_arm'
-    assert (defaults.CAMERA_TOPIC, '/blue/image_raw') in vla.remappings
-    assert (defaults.COMPRESSED_CAMERA_TOPIC, '/blue/image_raw/compressed') in vla.remappings
+    # the nodes' own (relative) names are remapped; nothing else: a namespace needs no table
+    assert vla.remappings == [(defaults.relative(defaults.CAMERA_TOPIC), '/blue/image_raw'),
+                              (defaults.relative(defaults.COMPRESSED_CAMERA_TOPIC),
+                               '/blue/image_raw/compressed')]
+    assert bringup.node_specs({'namespace': 'robot1'})[0].remappings == []
 
 
 def test_sim_adds_the_simulator_and_sim_time():
@@ -100,10 +103,13 @@ def test_ros_args_are_understood_by_rclpy(ros_context):
         assert node.get_parameter('model_path').value == '/m/openvla-7b'
         assert node.get_parameter('unnorm_key').value == defaults.DEFAULT_UNNORM_KEY   # from the file
         assert node.get_parameter('device').value == 'cuda'
-        resolve = node.resolve_topic_name
+        def resolve(topic):   # as the node creates it: by its relative name
+            return node.resolve_topic_name(defaults.relative(topic))
+
         assert resolve(defaults.ACTION_TOPIC) == '/robot1/openvla/action'
         assert resolve(defaults.CAMERA_TOPIC) == '/blue/image_raw'      # absolute camera stays absolute
         assert resolve(defaults.DIAGNOSTICS_TOPIC) == defaults.DIAGNOSTICS_TOPIC
+        assert resolve(defaults.DEBUG_IMAGE_TOPIC) == '/robot1/vla_node/debug_image'
     finally:
         node.destroy_node()
     spec = bringup.node_specs({'namespace': 'robot1'})[1]
@@ -112,8 +118,12 @@ def test_ros_args_are_understood_by_rclpy(ros_context):
     try:
         assert node.get_name() == defaults.ARM_CONTROLLER_NODE
         assert node.get_parameter('embodiment').value == defaults.DEFAULT_EMBODIMENT
-        assert node.resolve_topic_name(defaults.CAMERA_TOPIC) == '/robot1/camera/image_raw'
-        assert node.resolve_topic_name(defaults.JOINT_STATES_TOPIC) == '/robot1/joint_states'
+        for topic in (defaults.CAMERA_TOPIC, defaults.JOINT_STATES_TOPIC, defaults.CLOCK_TOPIC,
+                      defaults.JOINT_TRAJECTORY_TOPIC, defaults.ESTOP_TOPIC):
+            assert node.resolve_topic_name(defaults.relative(topic)) == \
+                defaults.in_namespace(topic, 'robot1'), topic
+        assert defaults.in_namespace(defaults.JOINT_STATES_TOPIC, 'robot1') == '/robot1/joint_states'
+        assert defaults.in_namespace(defaults.CLOCK_TOPIC, 'robot1') == '/clock'
     finally:
         node.destroy_node()
 

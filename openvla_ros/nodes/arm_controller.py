@@ -130,7 +130,7 @@ class ArmControllerNode(LifecycleNode):
         self._twist_until_s = -1.0
         self._last_status_key = None
 
-        self._status_pub = self.create_publisher(ControllerStatus, defaults.CONTROLLER_STATUS_TOPIC,
+        self._status_pub = self.create_publisher(ControllerStatus, defaults.relative(defaults.CONTROLLER_STATUS_TOPIC),
                                                  common.latched_qos())
         self._diagnostics = common.DiagnosticsPublisher(self, hardware_id=defaults.ARM_CONTROLLER_NODE)
         self.create_service(SetBool, '~/enable', self._on_enable, callback_group=self._group)
@@ -190,17 +190,17 @@ class ArmControllerNode(LifecycleNode):
         e = self._embodiment
         if e.output_joint_trajectory:
             self._traj_pub = self.create_lifecycle_publisher(JointTrajectory, e.joint_trajectory_topic, 10)
-        self._pose_pub = self.create_lifecycle_publisher(PoseStamped, defaults.TARGET_POSE_TOPIC, 10)
+        self._pose_pub = self.create_lifecycle_publisher(PoseStamped, defaults.relative(defaults.TARGET_POSE_TOPIC), 10)
         if e.output_servo_twist:
             self._twist_pub = self.create_lifecycle_publisher(TwistStamped, e.servo_twist_topic, 10)
         if e.gripper is not None and e.gripper.output == 'float64':
             self._gripper_pub = self.create_lifecycle_publisher(Float64, e.gripper_width_topic, 10)
         self._subs = [
-            self.create_subscription(EndEffectorDelta, defaults.ACTION_TOPIC, self._on_action,
+            self.create_subscription(EndEffectorDelta, defaults.relative(defaults.ACTION_TOPIC), self._on_action,
                                      common.reliable_qos(10), callback_group=self._group),
-            self.create_subscription(JointState, defaults.JOINT_STATES_TOPIC, self._on_joint_state,
+            self.create_subscription(JointState, defaults.relative(defaults.JOINT_STATES_TOPIC), self._on_joint_state,
                                      qos_profile_sensor_data, callback_group=self._group),
-            self.create_subscription(Bool, defaults.ESTOP_TOPIC, self._on_estop,
+            self.create_subscription(Bool, defaults.relative(defaults.ESTOP_TOPIC), self._on_estop,
                                      common.latched_qos(), callback_group=self._group),
         ]
         self._io_timers = [self.create_timer(CONTROL_TICK_S, self._on_tick, callback_group=self._group)]

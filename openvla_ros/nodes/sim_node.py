@@ -80,10 +80,11 @@ class SimNode(Node):
                                  or self._embodiment_start_positions(self.embodiment))
         self.sim.reset(seed=self.seed, joint_positions=self._start_positions)
 
-        self.image_pub = self.create_publisher(Image, defaults.CAMERA_TOPIC, reliable_qos(1))
-        self.joint_state_pub = self.create_publisher(JointState, defaults.JOINT_STATES_TOPIC, reliable_qos(10))
-        self.clock_pub = self.create_publisher(Clock, defaults.CLOCK_TOPIC, reliable_qos(1))
-        self.create_subscription(JointTrajectory, defaults.JOINT_TRAJECTORY_TOPIC, self._on_trajectory,
+        self.image_pub = self.create_publisher(Image, defaults.relative(defaults.CAMERA_TOPIC), reliable_qos(1))
+        self.joint_state_pub = self.create_publisher(JointState, defaults.relative(defaults.JOINT_STATES_TOPIC),
+                                                     reliable_qos(10))
+        self.clock_pub = self.create_publisher(Clock, defaults.relative(defaults.CLOCK_TOPIC), reliable_qos(1))
+        self.create_subscription(JointTrajectory, defaults.relative(defaults.JOINT_TRAJECTORY_TOPIC), self._on_trajectory,
                                  reliable_qos(10))
         self.create_service(Trigger, '~/reset', self._on_reset)
 

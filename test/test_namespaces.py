@@ -1,0 +1,101 @@
+"""Two robots on one ROS domain: two namespaced node sets (vla_node + arm_controller, tiny
+model) started from the bring-up description, side by side, with no cross-talk.
+
+The nodes create their topics by relative name, so the namespace alone (``-r __ns:=/robotN``,
+what ``namespace:=`` and ``ros2 run ... --ros-args -r __ns:=`` pass) moves every package topic.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rclpy.qos import qos_profile_sensor_data
+
+from conftest import spin_until
+from openvla_ros import defaults
+from openvla_ros.cli.bringup import commands
+
+pytestmark = pytest.mark.ros
+
+ROBOTS = ('robot1', 'robot2')
+STARTUP_TIMEOUT_S = 120.0    # four processes importing torch on a shared 2-core machine
+PACKAGE_TOPICS = [v for k, v in vars(defaults).items() if k.endswith('_TOPIC')]
+
+
+def test_two_namespaced_node_sets_do_not_cross_talk(processes, ros_context, tiny_checkpoint):
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from openvla_ros.imaging import rgb_to_image_fields
+    from openvla_ros.msg import ControllerStatus, EndEffectorDelta, VlaStatus
+    from openvla_ros.nodes import common
+
+    for ns in ROBOTS:
+        for name, argv in commands({'namespace': ns, 'vla_config': 'openvla_tiny_sim',
+                                    'model_path': str(tiny_checkpoint)}):
+            processes.start(argv[2], *argv[3:], '-p', 'max_image_age_s:=30.0', name=f'{ns}_{name}')
+
+    node = rclpy.create_node('namespace_probe', context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    actions = {ns: [] for ns in (*ROBOTS, '')}
+    statuses = {ns: [] for ns in ROBOTS}
+    controller = {ns: [] for ns in ROBOTS}
+    for ns in (*ROBOTS, ''):
+        node.create_subscription(EndEffectorDelta, defaults.in_namespace(defaults.ACTION_TOPIC, ns),
+                                 actions[ns].append, common.reliable_qos(50))
+    for ns in ROBOTS:
+        node.create_subscription(VlaStatus, defaults.in_namespace(defaults.VLA_STATUS_TOPIC, ns),
+                                 statuses[ns].append, common.latched_qos())
+        node.create_subscription(ControllerStatus,
+                                 defaults.in_namespace(defaults.CONTROLLER_STATUS_TOPIC, ns),
+                                 controller[ns].append, common.reliable_qos(10))
+    camera = node.create_publisher(Image, defaults.in_namespace(defaults.CAMERA_TOPIC, 'robot1'),
+                                   qos_profile_sensor_data)
+    instruction = node.create_publisher(
+        String, defaults.in_namespace(defaults.INSTRUCTION_TOPIC, 'robot1'), common.reliable_qos(10))
+    try:
+        up = spin_until(executor, lambda: all(statuses[ns] for ns in ROBOTS), STARTUP_TIMEOUT_S)
+        assert up, {n: processes.log(n)[-1500:] for n, _ in processes.procs}
+
+        # Every package topic of each set lives in its namespace; only the global ones are shared.
+        def graph_complete() -> bool:
+            names = {n for n, _ in node.get_topic_names_and_types()}
+            return all(defaults.in_namespace(t, ns, defaults.VLA_NODE) in names
+                       for ns in ROBOTS for t in (defaults.ACTION_TOPIC, defaults.DEBUG_IMAGE_TOPIC,
+                                                  defaults.CONTROLLER_STATUS_TOPIC))
+        assert spin_until(executor, graph_complete, 30.0), sorted(
+            n for n, _ in node.get_topic_names_and_types())
+        leaked = sorted(t for t in PACKAGE_TOPICS if t not in defaults.GLOBAL_TOPICS
+                        and not t.startswith('~') and node.get_publishers_info_by_topic(t))
+        assert not leaked, f'published outside the namespaces: {leaked}'
+
+        rgb = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+        fields = rgb_to_image_fields(rgb, 'rgb8')
+        instruction.publish(String(data='pick up the block'))
+        last = [0.0]
+
+        def feed_robot1():
+            now = node.get_clock().now()
+            if now.nanoseconds * 1e-9 - last[0] >= 0.2:
+                msg = Image(**fields)
+                msg.header.stamp = now.to_msg()
+                camera.publish(msg)
+                instruction.publish(String(data='pick up the block'))
+                last[0] = now.nanoseconds * 1e-9
+            return len(actions['robot1']) >= 3 and any(
+                s.actions_received > 0 for s in controller['robot1'])
+
+        assert spin_until(executor, feed_robot1, 90.0), (
+            len(actions['robot1']), processes.log('robot1_vla_node')[-2000:])
+        # robot2 saw no image, so it predicted nothing and its controller received nothing;
+        # nothing at all reached the root-namespace topic.
+        assert actions['robot2'] == [] and actions[''] == []
+        assert all(s.actions_received == 0 for s in controller['robot2'])
+        assert all(s.frames_received == 0 for s in statuses['robot2'])
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+    codes = processes.stop(timeout_s=20.0)
+    assert set(codes.values()) == {0}, codes
