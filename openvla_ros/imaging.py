@@ -155,9 +155,14 @@ def _decode_raw(msg) -> np.ndarray:
         # PIL: I;16 -> RGB clips; 16-bit colour is read as its high byte
         px = np.minimum(px, 255) if layout.order is None else px >> 8
     px = px.astype(np.uint8, copy=False)
-    if layout.order is None:
-        return np.repeat(px, 3, axis=2)
-    return np.ascontiguousarray(px[:, :, list(layout.order)])
+    if layout.channels == 3 and layout.order == (0, 1, 2):
+        return np.array(px)
+    import cv2
+
+    # OpenCV's channel shuffles are exact copies, ~100x faster than numpy's fancy indexing
+    code = {1: 'COLOR_GRAY2RGB', 3: 'COLOR_BGR2RGB',
+            4: 'COLOR_RGBA2RGB' if layout.order == (0, 1, 2) else 'COLOR_BGRA2RGB'}[layout.channels]
+    return cv2.cvtColor(px[:, :, 0] if layout.channels == 1 else px, getattr(cv2, code))
 
 
 def _opencv_to_rgb(samples: np.ndarray, layout: _Layout, h: int, w: int) -> np.ndarray:
@@ -192,7 +197,8 @@ def _decode_encoded(data, fmt: str) -> np.ndarray:
         raise ImageConversionError(f'compressed image ({fmt}) refused before decoding: its header '
                                    f'declares {w}x{h}; {problem}')
     try:
-        return np.array(image.convert('RGB'), dtype=np.uint8)
+        # convert('RGB') of an RGB image is a plain copy: np.array makes that copy already
+        return np.array(image if image.mode == 'RGB' else image.convert('RGB'), dtype=np.uint8)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data, decoder limits
         raise ImageConversionError(
             f'cannot decode compressed image (format {fmt!r}, {w}x{h}): {type(exc).__name__}: '
