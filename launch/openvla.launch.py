@@ -1,4 +1,5 @@
-"""Launch the openvla_ros node set: vla_node + arm_controller (+ sim_node with sim:=true).
+"""Launch the openvla_ros node set: vla_node + arm_controller (+ sim_node with sim:=true), and
+diagnostic_aggregator (config/diagnostic_aggregator.yaml) where that package is installed.
 
 Thin on purpose: the arguments and the nodes (names, parameters, params files, remappings) come
 from ``openvla_ros.bringup``, which ``openvla-bringup`` runs as well where ``ros2 launch`` is
@@ -15,14 +16,30 @@ from launch_ros.actions import Node
 from openvla_ros import bringup
 
 
+def _installed(package: str) -> bool:
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:
+        return False
+    try:
+        get_package_share_directory(package)
+    except (PackageNotFoundError, OSError):   # OSError: no AMENT_PREFIX_PATH at all
+        return False
+    return True
+
+
 def _nodes(context, *args, **kwargs):
     values = {a.name: LaunchConfiguration(a.name).perform(context) for a in bringup.ARGUMENTS}
+    specs = bringup.node_specs(values)
+    aggregator = bringup.aggregator_spec(values)
+    if aggregator is not None and _installed(aggregator.package):
+        specs.append(aggregator)
     return [
         Node(package=spec.package, executable=spec.executable, name=spec.name,
              namespace=spec.namespace, output='screen', emulate_tty=True,
              parameters=[str(p) if not isinstance(p, dict) else p for p in spec.parameters],
              remappings=spec.remappings)
-        for spec in bringup.node_specs(values)
+        for spec in specs
     ]
 
 

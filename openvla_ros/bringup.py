@@ -21,6 +21,8 @@ PACKAGE = 'openvla_ros'
 BOOLEAN = ('true', 'false')
 DEFAULT_VLA_CONFIG = 'openvla_7b_bridge'
 SIM_VLA_CONFIG = 'openvla_tiny_sim'
+AGGREGATOR_CONFIG = 'diagnostic_aggregator'
+AGGREGATOR_PACKAGE = 'diagnostic_aggregator'
 
 @dataclass(frozen=True)
 class LaunchArgument:
@@ -50,6 +52,10 @@ ARGUMENTS: tuple[LaunchArgument, ...] = (
     LaunchArgument('use_sim_time', '', 'nodes follow /clock (empty: true exactly when sim:=true)',
                    ('',) + BOOLEAN),
     LaunchArgument('sim', 'false', 'also start the MuJoCo workcell (sim_node) with the tiny model config',
+                   BOOLEAN),
+    LaunchArgument('diagnostic_aggregator', 'true', 'also start diagnostic_aggregator with '
+                   f'config/{AGGREGATOR_CONFIG}.yaml, for rqt_robot_monitor (ros2 launch, where the '
+                   'package is installed; openvla-bringup starts only the package\'s own nodes)',
                    BOOLEAN),
 )
 ARGUMENTS_BY_NAME = {a.name: a for a in ARGUMENTS}
@@ -154,6 +160,19 @@ def _topic_remappings(camera_topic: str) -> list[tuple[str, str]]:
         return []
     return [(defaults.relative(defaults.CAMERA_TOPIC), camera_topic),
             (defaults.relative(defaults.COMPRESSED_CAMERA_TOPIC), camera_topic.rstrip('/') + '/compressed')]
+
+
+def aggregator_spec(values: Mapping[str, str] | None = None) -> NodeSpec | None:
+    """The diagnostic_aggregator node (another package: started by the launch file where it is
+    installed), or None when ``diagnostic_aggregator:=false``. One per graph: it reads the global
+    /diagnostics, so it runs outside the robot namespace."""
+    a = resolve_arguments(values)
+    if a['diagnostic_aggregator'] != 'true':
+        return None
+    use_sim_time = (a['use_sim_time'] or a['sim']) == 'true'
+    return NodeSpec('aggregator_node', 'analyzers', '',
+                    [config_file(AGGREGATOR_CONFIG), {'use_sim_time': use_sim_time}],
+                    package=AGGREGATOR_PACKAGE)
 
 
 def parse_cli_arguments(argv: list[str]) -> dict[str, str]:

@@ -241,3 +241,46 @@ def test_bringup_refuses_bad_arguments():
     r = subprocess.run([sys.executable, '-m', 'openvla_ros.cli.bringup', '--print', 'dtype:=float8'],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and 'dtype' in r.stderr
+
+
+# ---------------------------------------------------------------- monitoring
+def test_diagnostic_aggregator_config_groups_every_node():
+    doc = yaml.safe_load(config_file(bringup.AGGREGATOR_CONFIG).read_text())
+    (key, body), = doc.items()
+    assert key.endswith('/analyzers')           # the aggregator's node name
+    params = body['ros__parameters']
+    analyzers = {k: v for k, v in params.items() if isinstance(v, dict)}
+    assert all(a['type'] == 'diagnostic_aggregator/GenericAnalyzer' for a in analyzers.values())
+    matched = {m for a in analyzers.values() for m in a['contains']}
+    for node in (defaults.VLA_NODE, defaults.ARM_CONTROLLER_NODE, defaults.SIM_NODE):
+        # the status names the nodes publish, in the root namespace and in one
+        for status in (f'{node}: model', f'robot1/{node}: model'):
+            assert sum(m in status for m in matched) == 1, status
+    assert all(a['timeout'] > 0 for a in analyzers.values())
+
+
+@pytest.mark.parametrize('installed', [False, True])
+def test_launch_file_starts_the_aggregator_where_installed(monkeypatch, installed):
+    _launch_shim(monkeypatch)
+    index = types.ModuleType('ament_index_python.packages')
+
+    class PackageNotFoundError(KeyError):
+        pass
+
+    def share(package):
+        if installed and package == bringup.AGGREGATOR_PACKAGE:
+            return '/opt/ros/share/' + package
+        raise PackageNotFoundError(package)
+
+    index.PackageNotFoundError, index.get_package_share_directory = PackageNotFoundError, share
+    monkeypatch.setitem(sys.modules, 'ament_index_python', types.ModuleType('ament_index_python'))
+    monkeypatch.setitem(sys.modules, 'ament_index_python.packages', index)
+    ld = _load_launch(LAUNCH_DIR / 'openvla.launch.py')
+    _, nodes = _declared_and_nodes(ld, {})
+    packages = [n.kwargs['package'] for n in nodes]
+    assert (bringup.AGGREGATOR_PACKAGE in packages) == installed
+    if installed:
+        agg = nodes[packages.index(bringup.AGGREGATOR_PACKAGE)].kwargs
+        assert agg['namespace'] == '' and str(config_file(bringup.AGGREGATOR_CONFIG)) in agg['parameters']
+    _, nodes = _declared_and_nodes(ld, {'diagnostic_aggregator': 'false'})
+    assert bringup.AGGREGATOR_PACKAGE not in [n.kwargs['package'] for n in nodes]

@@ -110,8 +110,11 @@ class DiagnosticsPublisher:
         self._pub = node.create_publisher(DiagnosticArray, defaults.DIAGNOSTICS_TOPIC, 10)
 
     def status(self, concern: str, level, message: str, values: dict | None = None) -> DiagnosticStatus:
-        """A status named ``<node name>: <concern>`` (the diagnostic_updater naming)."""
-        return make_status(f'{self._node.get_name()}: {concern}', level, message, self.hardware_id, values)
+        """A status named ``<node name>: <concern>`` (the diagnostic_updater naming), with the
+        namespace in front in one (``robot1/vla_node: model``): /diagnostics is global, and two
+        robots' statuses must stay apart there."""
+        name = self._node.get_fully_qualified_name().lstrip('/')
+        return make_status(f'{name}: {concern}', level, message, self.hardware_id, values)
 
     def publish(self, statuses: Iterable[DiagnosticStatus]) -> None:
         msg = DiagnosticArray()
