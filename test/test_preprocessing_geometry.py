@@ -130,3 +130,26 @@ def test_any_size_within_the_bound_is_accepted_by_the_engine():
     over = np.zeros((MAX_IMAGE_PIXELS // 2 + 1, 2, 3), np.uint8)
     with pytest.raises(InvalidImageError, match='more than the limit'):
         to_pixel_values(over, processor, 'processor', False)
+
+
+@pytest.mark.parametrize('width, height', [(4608, 2592), (8192, 8192), (8193, 8192), (1, MAX_IMAGE_PIXELS),
+                                           (MAX_IMAGE_PIXELS + 1, 1), (12000, 12000)])
+def test_the_ros_converter_and_the_engine_apply_one_bound(width, height):
+    """No frame passes one check and fails the other (both call imaging.image_size_problem)."""
+    from types import SimpleNamespace
+
+    from openvla_ros.engine.preprocessing import validate_image
+    from openvla_ros.imaging import ImageConversionError, image_msg_to_rgb
+
+    within = width * height <= MAX_IMAGE_PIXELS
+    # no data: a frame within the bound fails later, on its missing bytes, not on its size
+    msg = SimpleNamespace(height=height, width=width, encoding='mono8', is_bigendian=0,
+                          step=width, data=b'')
+    with pytest.raises(ImageConversionError, match='data has' if within else 'too large'):
+        image_msg_to_rgb(msg)
+    image = np.zeros((height, width, 3), np.uint8)   # untouched pages: no real memory
+    if within:
+        assert validate_image(image) is image
+    else:
+        with pytest.raises(InvalidImageError, match='too large'):
+            validate_image(image)
