@@ -1,10 +1,38 @@
 #!/usr/bin/env bash
 # Set up (idempotent) and run every test. Extra arguments go to pytest.
+#
+# The tests run once per ROS 2 distribution in OPENVLA_TEST_DISTROS (default "kilted jazzy"):
+# the whole suite on Kilted, then the tests that use a live rclpy graph (marker "ros") on Jazzy,
+# each in its own venv (see tools/setup.sh). The exit status is non-zero when any run fails.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$ROOT/tools/setup.sh"
+DISTROS="${OPENVLA_TEST_DISTROS:-kilted jazzy}"
 cd "$ROOT"
-eval "$("$ROOT/.venv/bin/python" -m openvla_ros.runtime_env)"
 # 2-core CI machines: one OpenMP thread per torch process (several run at once) is much faster.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-exec "$ROOT/.venv/bin/python" -m pytest "$@"
+
+run_pytest() {   # VENV [pytest arguments...]; in a subshell so each run gets its own environment
+  local venv="$1"; shift
+  (
+    eval "$("$venv/bin/python" -m openvla_ros.runtime_env)"
+    exec "$venv/bin/python" -m pytest "$@"
+  )
+}
+
+status=0
+for distro in $DISTROS; do
+  case "$distro" in
+    kilted) venv="$ROOT/.venv"; select=() ;;
+    jazzy)  venv="$ROOT/.venv-jazzy"; select=(-m ros) ;;
+    *) echo "tools/test.sh: unknown distribution '$distro' in OPENVLA_TEST_DISTROS" >&2; exit 2 ;;
+  esac
+  ROS_DISTRO="$distro" "$ROOT/tools/setup.sh"
+  echo "==== ROS 2 $distro: pytest ${select[*]} $*" >&2
+  rc=0
+  run_pytest "$venv" "${select[@]}" "$@" || rc=$?
+  # 5 = nothing collected: arguments that select no ros test are not a failure of the Jazzy run
+  if [ "$rc" -eq 5 ] && [ "$distro" != kilted ]; then rc=0; fi
+  echo "==== ROS 2 $distro: pytest exit status $rc" >&2
+  [ "$rc" -eq 0 ] || status=$rc
+done
+exit "$status"
