@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TVF
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from openvla_ros.engine.api import InvalidImageError
+from openvla_ros.engine.config import v01_preprocessor_config
 from openvla_ros.engine.preprocessing import ImageProcessor, letterbox_pad, to_pixel_values
 from openvla_ros.imaging import MAX_IMAGE_PIXELS
 
@@ -153,3 +156,15 @@ def test_the_ros_converter_and_the_engine_apply_one_bound(width, height):
     else:
         with pytest.raises(InvalidImageError, match='too large'):
             validate_image(image)
+
+
+@settings(max_examples=60, deadline=None)
+@given(width=st.integers(1, 700), height=st.integers(1, 700),
+       strategy=st.sampled_from(['letterbox', 'resize-crop']))
+def test_any_geometry_matches_upstream(width, height, strategy):
+    _assert_upstream(_image(width, height), _config(strategy, 224, fill=[127, 127, 127]))
+
+
+@pytest.mark.parametrize('size', [(640, 479), (3, 2)], ids=lambda s: f'{s[0]}x{s[1]}')
+def test_v01_preprocessor_matches_upstream(size):
+    _assert_upstream(_image(*size), v01_preprocessor_config())
