@@ -325,7 +325,7 @@ def test_static_shape_decode_matches(tiny_checkpoint, policy, scenes):
     shapes every step) gives the same tokens as the default path, single and batched; here it
     runs eagerly on CPU."""
     static = load_policy(tiny_checkpoint)
-    static._static_decode = True
+    static._setup_static_decode(compiled=False)
     try:
         instructions = [INSTRUCTION, 'open the drawer and then close it again slowly', 'wipe']
         keys = ['bridge_orig'] * 3

@@ -106,6 +106,9 @@ class PredictionResult:
     action_token_ids: np.ndarray        # int64 (D,)
     unnorm_key: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, incl. 'total'
+    # speculative decoding: how many leading tokens of the given draft were the action's own
+    # (None: no draft was used)
+    draft_tokens_accepted: int | None = None
 
     def to_dict(self) -> dict:
         return {

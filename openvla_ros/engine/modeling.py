@@ -132,20 +132,38 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-class KVCache:
-    """Static per-layer key/value buffers, allocated once and reused while large enough."""
+class KVCache(nn.Module):
+    """Static per-layer key/value buffers [batch, kv_heads, capacity, head_dim], allocated once.
+
+    Registered (non-persistent) buffers rather than plain tensors: torch.compile then treats them
+    as static inputs whose addresses never change, which is what lets CUDA graphs capture the
+    in-place cache writes of the decode step. Rows ``[:b]`` serve any batch up to ``batch``.
+    """
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, capacity: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
+        super().__init__()
         shape = (batch, n_kv_heads, capacity, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        for i in range(n_layers):
+            self.register_buffer(f'k{i}', torch.zeros(shape, dtype=dtype, device=device),
+                                 persistent=False)
+            self.register_buffer(f'v{i}', torch.zeros(shape, dtype=dtype, device=device),
+                                 persistent=False)
+        self.n_layers = n_layers
         self.batch = batch
         self.capacity = capacity
 
+    @property
+    def k(self) -> list[torch.Tensor]:
+        return [getattr(self, f'k{i}') for i in range(self.n_layers)]
+
+    @property
+    def v(self) -> list[torch.Tensor]:
+        return [getattr(self, f'v{i}') for i in range(self.n_layers)]
+
     def fits(self, batch: int, length: int, dtype: torch.dtype, device: torch.device) -> bool:
-        return (self.batch == batch and self.capacity >= length and self.k[0].dtype == dtype
-                and self.k[0].device == device)
+        return (self.batch >= batch and self.capacity >= length and self.k0.dtype == dtype
+                and self.k0.device == device)
 
 
 class LlamaAttention(nn.Module):
@@ -252,19 +270,34 @@ class LlamaForCausalLM(nn.Module):
                        cfg.head_dim, dtype, device)
 
     def forward_embeds(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache: KVCache,
-                       start, mask: torch.Tensor | None) -> torch.Tensor:
+                       start, mask: torch.Tensor | None, last: int = 1) -> torch.Tensor:
         """Run the decoder on ``embeds`` [B, T, D] written at cache slots ``start..start+T-1``
-        (positions must be below ``max_position_embeddings``; the caller checks).
+        of cache rows ``[:B]`` (positions must be below ``max_position_embeddings``; the caller
+        checks).
 
-        Returns float32 logits of the last position [B, V].
+        Returns float32 logits of the last position [B, V], or of the last ``last`` positions
+        [B, last, V] when ``last`` > 1 (speculative verification).
         """
+        b = embeds.shape[0]
         cos = self._rope_cos[position_ids].to(embeds.dtype).unsqueeze(1)
         sin = self._rope_sin[position_ids].to(embeds.dtype).unsqueeze(1)
         x = embeds
+        keys, values = cache.k, cache.v
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, cache.k[i], cache.v[i], start, mask)
-        x = self.model.norm(x[:, -1:])
-        return self.lm_head(x)[:, -1].float()
+            k_rows = keys[i] if keys[i].shape[0] == b else keys[i][:b]
+            v_rows = values[i] if values[i].shape[0] == b else values[i][:b]
+            x = layer(x, cos, sin, k_rows, v_rows, start, mask)
+        x = self.model.norm(x[:, -last:])
+        logits = self.lm_head(x).float()
+        return logits[:, -1] if last == 1 else logits
+
+    def decode_step(self, token_ids: torch.Tensor, position_ids: torch.Tensor, cache: KVCache,
+                    slot: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """One token per row with static shapes: ``token_ids`` [B] written at cache slot ``slot``
+        (a 1-element tensor), attending over the whole cache under ``key_mask`` [B, 1, 1, S].
+        This is the function compiled under ``compile=True``."""
+        embeds = self.model.embed_tokens(token_ids)[:, None]
+        return self.forward_embeds(embeds, position_ids, cache, slot, key_mask)
 
 
 # ----------------------------------------------------------------------------------------------

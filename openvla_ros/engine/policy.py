@@ -32,6 +32,11 @@ from .prompt import PromptTokenizer, build_prompt, validate_instruction
 from .quantization import quantized_parameter, replace_linears
 
 TORCH_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+# Batches are padded to one of these sizes for the compiled decode step (one graph each).
+BATCH_BUCKETS = (1, 2, 4, 8)
+# Cache slots of the compiled path: BOS + 256 patches + a prompt of up to ~240 tokens + the action.
+# A longer prompt still works, through the eager path and its own cache.
+STATIC_CACHE_SLOTS = 512
 TIMING_KEYS = ('preprocess', 'vision', 'projector', 'prefill', 'decode', 'postprocess', 'total')
 # The image must move the prefill logits by more than this (relative to their magnitude); a model
 # whose vision path is disconnected gives bit-identical logits.
@@ -148,16 +153,13 @@ class OpenVLAPolicy:
         materialize(model, tensors, expected, self.dtype, self.device, options.quantization,
                     options.bnb_4bit_quant_type, TORCH_DTYPES[options.bnb_4bit_compute_dtype])
         self.model = model
-        # compile=True: static-shape decode steps run through torch.compile ('reduce-overhead',
-        # i.e. CUDA graphs, on CUDA); the first predictions are slow while it compiles (about 20 s
-        # for the tiny model on a 2-core CPU). Meant for CUDA; it also works on CPU.
-        self._static_decode = options.compile
-        self._decode_step = model.language_model.forward_embeds
-        if options.compile:
-            mode = 'reduce-overhead' if self.device.type == 'cuda' else 'default'
-            self._decode_step = torch.compile(model.language_model.forward_embeds, mode=mode,
-                                              dynamic=False)
+        self._static_cache = None
+        self._static_inputs: dict = {}
+        self._decode_step = None
+        self.last_forward_passes = 0
         self.parameter_count = sum(int(np.prod(shape)) for shape in expected.values())
+        if options.compile:
+            self._setup_static_decode(compiled=True)
         if options.self_test:
             self.self_test()
 
@@ -186,12 +188,18 @@ class OpenVLAPolicy:
             info['bnb_8bit'] = 'LLM.int8, outlier threshold 6.0'
         return info
 
-    def predict(self, image: np.ndarray, instruction: str,
-                unnorm_key: str | None = None) -> PredictionResult:
-        return self.predict_batch([image], [instruction], [unnorm_key])[0]
+    def predict(self, image: np.ndarray, instruction: str, unnorm_key: str | None = None,
+                draft_token_ids: Sequence[int] | None = None) -> PredictionResult:
+        """``draft_token_ids``: a guess of the action tokens, typically the previous action's for
+        the same instruction; with ``speculative`` on it is verified in the prefill pass, and the
+        result is the same as without it (only faster when it is right)."""
+        return self.predict_batch([image], [instruction], [unnorm_key],
+                                  None if draft_token_ids is None else [draft_token_ids])[0]
 
     def predict_batch(self, images: Sequence[np.ndarray], instructions: Sequence[str],
-                      unnorm_keys: Sequence[str | None] | None = None) -> list[PredictionResult]:
+                      unnorm_keys: Sequence[str | None] | None = None,
+                      draft_token_ids: Sequence[Sequence[int] | None] | None = None
+                      ) -> list[PredictionResult]:
         if unnorm_keys is None:
             unnorm_keys = [None] * len(images)
         if not (len(images) == len(instructions) == len(unnorm_keys)) or not len(images):
@@ -200,7 +208,8 @@ class OpenVLAPolicy:
                                f'{len(unnorm_keys)}), at least one')
         with self._lock:
             self._check_open()
-            return self._predict_locked(list(images), list(instructions), list(unnorm_keys))
+            return self._predict_locked(list(images), list(instructions), list(unnorm_keys),
+                                        draft_token_ids)
 
     def self_test(self) -> None:
         """Raise OpenVLAError unless the image changes the prefill logits (upstream on new
@@ -226,6 +235,8 @@ class OpenVLAPolicy:
         with self._lock:
             self.model = None
             self._cache = None
+            self._static_cache = None
+            self._static_inputs = {}
             self._decode_step = None   # a bound method of the model would keep it alive
             gc.collect()
             if self.device.type == 'cuda':
@@ -259,12 +270,15 @@ class OpenVLAPolicy:
 
     @torch.inference_mode()
     def generate(self, pixel_values: torch.Tensor, token_ids: list[list[int]], steps: int,
-                 return_logits: bool = False, step_times: list[float] | None = None):
+                 return_logits: bool = False, step_times: list[float] | None = None,
+                 drafts: Sequence[Sequence[int] | None] | None = None):
         """Greedy decoding of ``steps`` tokens for a batch; rows are left-padded to align.
 
-        Returns (token ids [B, steps] int64 tensor on CPU, per-step float32 logits [B, V] or None,
-        stage timings in seconds). ``step_times``, if given, receives the duration of each decode
-        step after the prefill (benchmarks; it synchronises the device every step).
+        ``drafts`` (one per row, or None): guessed tokens, verified in the prefill pass
+        (speculative decoding); the result is the same as without them, only fewer decode steps
+        run when they are right. Returns (token ids [B, steps] int64 tensor on CPU, per-step
+        float32 logits [B, V] or None, stage timings in seconds). ``step_times``, if given,
+        receives the duration of each decode step after the prefill (benchmarks).
         """
         model = self.model
         lm = model.language_model
@@ -281,15 +295,22 @@ class OpenVLAPolicy:
         seq = max(lengths)
         total = seq + steps
         self._check_positions(seq, steps)
-        if self._cache is None or not self._cache.fits(batch, total, self.dtype, self.device):
-            self._cache = lm.new_cache(batch, max(total, 64 * ((total + 63) // 64)), self.dtype,
-                                       self.device)
-        cache = self._cache
+        draft = self._draft_tensor(drafts, batch, steps)
+        n_draft = 0 if draft is None else draft.shape[1]
+        static = self._static_cache is not None and self._static_cache.fits(
+            batch, total, self.dtype, self.device)
+        if static:
+            cache = self._static_cache
+        else:
+            if self._cache is None or not self._cache.fits(batch, total, self.dtype, self.device):
+                self._cache = None   # free the old buffers before allocating the new ones
+                self._cache = lm.new_cache(batch, max(total, 64 * ((total + 63) // 64)),
+                                           self.dtype, self.device)
+            cache = self._cache
         embed = lm.model.embed_tokens
         if batch == 1:
             ids = torch.tensor([token_ids[0]], dtype=torch.long, device=self.device)
             embeds = splice_image(embed(ids), patches)
-            positions = torch.arange(seq, device=self.device)[None]
             valid = None
         else:
             embeds = torch.zeros((batch, seq, patches.shape[2]), dtype=patches.dtype,
@@ -301,55 +322,165 @@ class OpenVLAPolicy:
                 embeds[row, seq - lengths[row]:] = row_embeds[0]
                 valid[row, seq - lengths[row]:] = True
             valid[:, seq:] = True
-            positions = (valid[:, :seq].long().cumsum(-1) - 1).clamp(min=0)
-        logits = lm.forward_embeds(embeds, positions, cache, 0, _prefill_mask(valid, seq))
-        all_logits = [logits] if return_logits else None
-        tokens = [logits.argmax(-1)]
+        if n_draft:
+            # Rows are left-padded, so every row's draft sits at the same slots seq..seq+k-1.
+            embeds = torch.cat([embeds, embed(draft)], dim=1)
+        width = seq + n_draft
+        if valid is None:
+            positions = torch.arange(width, device=self.device)[None]
+        else:
+            positions = (valid[:, :width].long().cumsum(-1) - 1).clamp(min=0)
+        logits = lm.forward_embeds(embeds, positions, cache, 0, _prefill_mask(valid, width),
+                                   last=n_draft + 1)
+        if n_draft:
+            # Token j is greedy's choice given the draft's first j tokens; while the draft agrees
+            # with greedy, those inputs are exactly what plain decoding would have fed, so the
+            # choices up to the first disagreement (plus the one there) are greedy's own.
+            greedy = logits.argmax(-1)
+            agree = (greedy[:, :n_draft] == draft).long().cumprod(-1).sum(-1)
+            accepted = int(agree.min())     # the one host sync of the speculative path
+            step_logits = [logits[:, j] for j in range(accepted + 1)]
+        else:
+            accepted = 0
+            step_logits = [logits]
+        all_logits = list(step_logits) if return_logits else None
+        tokens = [l.argmax(-1) for l in step_logits]
         # argmax of NaN logits still yields a token; track finiteness on the device and check
         # once at the end (no extra sync per step).
-        finite = torch.isfinite(logits).all(-1)
+        finite = torch.stack([torch.isfinite(l).all(-1) for l in step_logits]).all(0)
         timer.lap('prefill')
 
-        next_pos = positions[:, -1:] + 1
-        if self._static_decode:
-            # Same shapes every step: the whole cache is attended under a key mask.
-            key_valid = torch.zeros((batch, cache.capacity), dtype=torch.bool, device=self.device)
-            key_valid[:, :seq] = True if valid is None else valid[:, :seq]
-        for step in range(1, steps):
+        done = len(tokens)
+        next_pos = positions[:, seq - 1:seq] + done
+        if static and done < steps:
+            rows = self._bucket(batch)
+            inputs = self._static_inputs[rows]
+            key_mask = inputs['mask']
+            key_mask.zero_()
+            filled = seq + done - 1
+            key_mask[:batch, 0, 0, :filled] = True if valid is None else valid[:, :filled]
+            key_mask[batch:, 0, 0, 0] = True   # padding rows attend somewhere, stay finite
+            inputs['positions'].zero_()
+            inputs['positions'][:batch] = next_pos
+        for step in range(done, steps):
             slot = seq + step - 1
-            token_embeds = embed(tokens[-1])[:, None]
-            if self._static_decode:
-                key_valid[:, slot] = True
-                slot_index = torch.full((1,), slot, dtype=torch.long, device=self.device)
-                logits = self._decode_step(token_embeds, next_pos, cache, slot_index,
-                                           key_valid[:, None, None, :])
+            if static:
+                inputs['tokens'][:batch] = tokens[-1]
+                inputs['slot'].fill_(slot)
+                key_mask[:batch, 0, 0, slot] = True
+                if self.device.type == 'cuda' and self.options.compile:
+                    torch.compiler.cudagraph_mark_step_begin()
+                logits = self._decode_step(inputs['tokens'], inputs['positions'], cache,
+                                           inputs['slot'], key_mask)[:batch]
+                if return_logits:
+                    logits = logits.clone()   # a CUDA graph's output is overwritten next replay
+                inputs['positions'].add_(1)
             else:
+                token_embeds = embed(tokens[-1])[:, None]
                 step_mask = None if valid is None else valid[:, None, None, :slot + 1]
                 logits = lm.forward_embeds(token_embeds, next_pos, cache, slot, step_mask)
+                next_pos = next_pos + 1
             tokens.append(logits.argmax(-1))
             finite &= torch.isfinite(logits).all(-1)
             if return_logits:
                 all_logits.append(logits)
-            next_pos = next_pos + 1
             if step_times is not None:
-                step_times.append(timer.lap(f'step{step}'))
+                timer.lap(f'step{step}')
         out = torch.stack(tokens, dim=1).cpu()
         timer.lap('decode')
         if not bool(finite.all()):
-            rows = [i for i, ok in enumerate(finite.cpu().tolist()) if not ok]
-            raise InvalidModelOutputError(f'the model produced non-finite logits (batch rows {rows}); '
-                                          f'no action is returned')
-        times = timer.times
+            rows_bad = [i for i, ok in enumerate(finite.cpu().tolist()) if not ok]
+            raise InvalidModelOutputError(f'the model produced non-finite logits (batch rows '
+                                          f'{rows_bad}); no action is returned')
+        times = timer.finish()
         if step_times is not None:
-            times['decode'] += sum(times.pop(f'step{step}') for step in range(1, steps))
+            for step in range(done, steps):
+                step_times.append(times[f'step{step}'])
+            times['decode'] += sum(times.pop(f'step{step}') for step in range(done, steps))
+        self.last_forward_passes = 1 + steps - done
         return out, ([x.cpu() for x in all_logits] if return_logits else None), times
+
+    def _draft_tensor(self, drafts, batch: int, steps: int) -> torch.Tensor | None:
+        """[B, steps - 1] draft tokens on the device, or None when there is nothing to verify.
+
+        The last action token is never fed back, so its draft is never needed. A row without a
+        draft borrows another row's (verification is exact whatever the draft says)."""
+        if not self.options.speculative or drafts is None or steps < 2:
+            return None
+        if len(drafts) != batch:
+            raise OpenVLAError(f'draft_token_ids: {len(drafts)} drafts for {batch} rows')
+        vocab = self.config.text.vocab_size
+        rows = []
+        for i, d in enumerate(drafts):
+            if d is None:
+                rows.append(None)
+                continue
+            try:
+                ids = [int(t) for t in d]
+                if any(isinstance(t, bool) or int(t) != t for t in d):
+                    raise ValueError
+            except (TypeError, ValueError, OverflowError):
+                raise OpenVLAError(f'draft_token_ids[{i}] must be a sequence of integers') from None
+            if not ids or any(not 0 <= t < vocab for t in ids):
+                raise OpenVLAError(f'draft_token_ids[{i}] must be non-empty token ids in '
+                                   f'0..{vocab - 1}')
+            rows.append((ids + ids[-1:] * steps)[:steps - 1])
+        known = [r for r in rows if r is not None]
+        if not known:
+            return None
+        return torch.tensor([r if r is not None else known[0] for r in rows], dtype=torch.long,
+                            device=self.device)
+
+    def _bucket(self, batch: int) -> int:
+        return next(b for b in BATCH_BUCKETS if b >= batch)
+
+    def _setup_static_decode(self, compiled: bool) -> None:
+        """compile=True: one cache for the largest bucket, persistent step inputs per bucket,
+        the compiled one-token step, and a warm-up so the first action is not the slow one."""
+        lm = self.model.language_model
+        slots = min(STATIC_CACHE_SLOTS, lm.config.max_position_embeddings)
+        self._static_cache = lm.new_cache(BATCH_BUCKETS[-1], slots, self.dtype, self.device)
+        self._static_inputs = {}
+        slot = torch.zeros(1, dtype=torch.long, device=self.device)
+        for rows in BATCH_BUCKETS:
+            self._static_inputs[rows] = {
+                'tokens': torch.zeros(rows, dtype=torch.long, device=self.device),
+                'positions': torch.zeros((rows, 1), dtype=torch.long, device=self.device),
+                'mask': torch.zeros((rows, 1, 1, slots), dtype=torch.bool, device=self.device),
+                'slot': slot,
+            }
+        static = list(self._static_cache.buffers()) + [
+            t for inputs in self._static_inputs.values() for t in inputs.values()]
+        for tensor in static:
+            # fixed addresses: CUDA graphs replay on them instead of copying them in
+            torch._dynamo.mark_static_address(tensor)
+        if not compiled:   # the same static-shape path, eagerly (tests compare it on CPU)
+            self._decode_step = lm.decode_step
+            return
+        mode = 'reduce-overhead' if self.device.type == 'cuda' else 'default'
+        self._decode_step = torch.compile(lm.decode_step, fullgraph=True, mode=mode,
+                                          dynamic=False)
+        self.warm_up()
+
+    def warm_up(self, batches: Sequence[int] = (1,)) -> None:
+        """Compile (and, on CUDA, capture) the decode step for these batch sizes now."""
+        pixels = torch.zeros((1, *self._pixel_shape()), dtype=torch.float32)
+        ids = self.prompt_token_ids(SELF_TEST_INSTRUCTION)
+        for rows in batches:
+            for _ in range(2 if self.device.type == 'cuda' else 1):   # 2nd call records the graph
+                self.generate(pixels.expand(rows, -1, -1, -1), [ids] * rows, steps=3)
+
+    def _pixel_shape(self) -> tuple[int, int, int]:
+        size = self.config.image_sizes[0]
+        return (6 if self.config.use_fused_vision_backbone else 3, size, size)
 
     # ------------------------------------------------------------------ internals
     def _check_open(self) -> None:
         if self.model is None:
             raise OpenVLAError(f'policy {self.model_id} is closed')
 
-    def _predict_locked(self, images, instructions, unnorm_keys) -> list[PredictionResult]:
+    def _predict_locked(self, images, instructions, unnorm_keys,
+                        drafts=None) -> list[PredictionResult]:
         start = time.perf_counter()
         keys = [act.resolve_unnorm_key(self.norm_stats, k) for k in unnorm_keys]
         dims = [act.action_dim(self.norm_stats, k) for k in keys]
@@ -362,7 +493,7 @@ class OpenVLAPolicy:
         pixels = torch.stack([self.pixel_values(image) for image in images])
         t_pre = time.perf_counter() - start
 
-        tokens, _, stage = self.generate(pixels, token_ids, steps=max(dims))
+        tokens, _, stage = self.generate(pixels, token_ids, steps=max(dims), drafts=drafts)
         if self.options.extra_latency_s:
             time.sleep(self.options.extra_latency_s)
 
@@ -374,9 +505,12 @@ class OpenVLAPolicy:
             action = act.unnormalize(normalized, self.norm_stats[key]['action'])
             act.check_action(action, dim)
             act.check_action(normalized, dim)
-            results.append(PredictionResult(action=action.astype(np.float64),
-                                            normalized_action=normalized.astype(np.float64),
-                                            action_token_ids=ids, unnorm_key=key))
+            result = PredictionResult(action=action.astype(np.float64),
+                                      normalized_action=normalized.astype(np.float64),
+                                      action_token_ids=ids, unnorm_key=key)
+            if self.options.speculative and drafts is not None and drafts[row] is not None:
+                result.draft_tokens_accepted = _common_prefix(drafts[row], ids)
+            results.append(result)
         t_post = time.perf_counter() - post_start
         total = time.perf_counter() - start
         timings = {'preprocess': t_pre, **stage, 'postprocess': t_post, 'total': total}
@@ -385,8 +519,17 @@ class OpenVLAPolicy:
         return results
 
 
+def _common_prefix(draft: Sequence[int], ids: np.ndarray) -> int:
+    n = 0
+    for a, b in zip(draft, ids.tolist()):
+        if int(a) != b:
+            break
+        n += 1
+    return n
+
+
 def _prefill_mask(valid: torch.Tensor | None, seq: int) -> torch.Tensor | None:
-    """Boolean [B, 1, seq, seq] mask: causal over real tokens; padded query rows see only
+    """Boolean [B, 1, seq, seq] mask (``valid`` [B, >= seq]): causal over real tokens; padded query rows see only
     themselves so they stay finite (their outputs are never used)."""
     if valid is None:
         return None
@@ -397,18 +540,34 @@ def _prefill_mask(valid: torch.Tensor | None, seq: int) -> torch.Tensor | None:
 
 
 class _StageTimer:
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.times: dict[str, float] = {}
-        self._last = time.perf_counter()
+    """Stage durations: CUDA events on CUDA (no device synchronisation between stages; read once
+    at the end), ``perf_counter`` on CPU."""
 
-    def lap(self, name: str) -> float:
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-        now = time.perf_counter()
-        self.times[name] = now - self._last
-        self._last = now
-        return self.times[name]
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == 'cuda'
+        self.names: list[str] = []
+        if self.cuda:
+            self.marks = [torch.cuda.Event(enable_timing=True)]
+            self.marks[0].record()
+        else:
+            self.marks = [time.perf_counter()]
+
+    def lap(self, name: str) -> None:
+        self.names.append(name)
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def finish(self) -> dict[str, float]:
+        if self.cuda:
+            self.marks[-1].synchronize()
+            durations = [a.elapsed_time(b) / 1000.0 for a, b in zip(self.marks, self.marks[1:])]
+        else:
+            durations = [b - a for a, b in zip(self.marks, self.marks[1:])]
+        return dict(zip(self.names, durations))
 
 
 def load_policy(checkpoint_dir: str | Path, options: PolicyOptions | None = None) -> OpenVLAPolicy:
