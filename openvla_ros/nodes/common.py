@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -187,7 +188,10 @@ def _autostart(node, autostart_param: str) -> None:
     from rclpy.lifecycle import TransitionCallbackReturn
 
     if not node.has_parameter(autostart_param):
-        node.declare_parameter(autostart_param, True)
+        # Read once, at start: read-only, so no tool offers a change that could not apply.
+        node.declare_parameter(autostart_param, True, ParameterDescriptor(
+            description='configure and activate at start (false: wait for lifecycle transitions)',
+            read_only=True))
     if not node.get_parameter(autostart_param).value:
         return
     if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
