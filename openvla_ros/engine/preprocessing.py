@@ -13,6 +13,13 @@ differ by a few levels from the TF result.
 ``center_crop`` takes the centred crop with 90% of the area (side sqrt(0.9)) and resizes it back
 with bilinear interpolation, as upstream does at eval for checkpoints trained with random 90%
 crops (TF's ``crop_and_resize`` is approximated by Pillow's bilinear resize of the crop box).
+
+The geometry of every strategy is upstream's to the pixel: the letterbox border is
+``int((max_side - side) / 2)`` per side (one pixel short of square on an odd difference), and the
+resize and centre crop follow torchvision's rules, which upstream's processor calls (an int or
+one-element size is the shorter side, ``max_size`` caps the longer one, a crop larger than the
+image zero-pads it). Images of any size up to ``imaging.MAX_IMAGE_PIXELS`` are accepted, the bound
+the ROS converter applies too.
 """
 from __future__ import annotations
 
