@@ -10,13 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_bag_support import T0_NS, write_bag
+from test_bag_support import T0_NS, TALKER_MESSAGES, write_bag, write_talker_bag
 
 from openvla_ros import defaults
 from openvla_ros.bag.cli import main
 from openvla_ros.bag.storage import BagSource, project_typestore
-
-TALKER_MESSAGES = 20
 
 
 def _run_json(capsys, *argv) -> tuple[int, dict, str]:
@@ -155,43 +153,6 @@ def test_undecodable_messages_are_skipped_with_topic_and_index(tmp_path, tiny_ch
 
 
 # ---- a real rosbag2 talker recording: every message is read ----
-
-# what rosbag2 (Jazzy and Kilted) writes for a publisher it discovered: the history and depth
-# are not sent over discovery ("unknown", 0) and "infinite" durations are INT64_MAX nanoseconds
-ROSBAG2_INFINITE = {'sec': 9223372036, 'nsec': 854775807}
-ROSBAG2_OFFERED_QOS = [{
-    'history': 'unknown', 'depth': 0, 'reliability': 'reliable', 'durability': 'volatile',
-    'deadline': ROSBAG2_INFINITE, 'lifespan': ROSBAG2_INFINITE, 'liveliness': 'automatic',
-    'liveliness_lease_duration': ROSBAG2_INFINITE, 'avoid_ros_namespace_conventions': False}]
-
-
-def write_talker_bag(path: Path, storage: str, listed: int | None = None) -> Path:
-    """``ros2 run demo_nodes_cpp talker`` recorded by ``ros2 bag record``: /chatter, String
-    "Hello World: N" at 1 Hz, metadata.yaml as rosbag2 writes it (``listed`` overrides the
-    count it gives)."""
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
-    store = project_typestore()
-    String = store.types['std_msgs/msg/String']
-    plugin = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}[storage]
-    with Writer(path, version=9, storage_plugin=plugin) as w:
-        conn = w.add_connection('/chatter', 'std_msgs/msg/String', typestore=store)
-        for i in range(TALKER_MESSAGES):
-            w.write(conn, T0_NS + i * 10**9,
-                    store.serialize_cdr(String(data=f'Hello World: {i + 1}'), 'std_msgs/msg/String'))
-    meta_path = path / 'metadata.yaml'
-    meta = yaml.safe_load(meta_path.read_text())
-    info = meta['rosbag2_bagfile_information']
-    for topic in info['topics_with_message_count']:
-        topic['topic_metadata']['offered_qos_profiles'] = ROSBAG2_OFFERED_QOS
-        if listed is not None:
-            topic['message_count'] = listed
-    if listed is not None:
-        info['message_count'] = listed
-    info['ros_distro'] = 'jazzy'
-    meta_path.write_text(yaml.safe_dump(meta, sort_keys=False))
-    return path
-
 
 @pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
 def test_rosbag2_talker_bag_is_read_completely(tmp_path, storage):

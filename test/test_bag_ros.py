@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import spin_until
-from test_bag_support import T0_NS, write_bag
+from test_bag_support import T0_NS, TALKER_MESSAGES, write_bag, write_talker_bag
 
 from openvla_ros import defaults
 from openvla_ros.imaging import image_msg_to_rgb
@@ -142,6 +142,9 @@ def test_record_round_trip_readable_by_rosbags_and_mcap_ros2(tmp_path, graph, pr
         img.header.stamp.sec, img.header.frame_id = 100 + i, 'camera'
         img_pub.publish(img)
         sent.append(fields)
+    bad = Image(height=40, width=60, encoding='no-such-encoding', step=180, data=bytes(7200))
+    bad.header.stamp.sec = 200
+    img_pub.publish(bad)   # cannot be decoded to shrink it: recorded as received, the recorder goes on
     spin_until(executor, lambda: False, 1.5)  # let the recorder take everything before it stops
     codes = processes.stop()
     assert codes['record'] == 0, processes.log('record')
@@ -160,7 +163,9 @@ def test_record_round_trip_readable_by_rosbags_and_mcap_ros2(tmp_path, graph, pr
     assert [m.data for m in got[defaults.INSTRUCTION_TOPIC]] == [f'pick {i}' for i in range(4)]
     assert got[defaults.VLA_STATUS_TOPIC][0].state_name == 'RUNNING'
     images = got[defaults.CAMERA_TOPIC]
-    assert [(m.width, m.height, m.header.stamp.sec) for m in images] == [(30, 20, 100 + i) for i in range(4)]
+    assert [(m.width, m.height, m.header.stamp.sec) for m in images] == \
+        [(30, 20, 100 + i) for i in range(4)] + [(60, 40, 200)]
+    assert images[4].encoding == 'no-such-encoding' and 'recorded unscaled' in processes.log('record')
     assert int(images[2].data[0]) == 20
 
     # an independent decoder (mcap_ros2) reads the same bag from the stored message definitions
@@ -173,7 +178,46 @@ def test_record_round_trip_readable_by_rosbags_and_mcap_ros2(tmp_path, graph, pr
     assert [a.instruction for a in decoded[defaults.ACTION_TOPIC]] == [f'pick {i}' for i in range(4)]
     assert decoded[defaults.ACTION_TOPIC][3].translation.z == pytest.approx(sent[3]['translation']['z'])
     assert decoded[defaults.VLA_STATUS_TOPIC][0].model_id == 'tiny'
-    assert [m.width for m in decoded[defaults.CAMERA_TOPIC]] == [30] * 4
+    assert [m.width for m in decoded[defaults.CAMERA_TOPIC]] == [30] * 4 + [60]
+
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_play_publishes_every_message_of_a_rosbag2_talker_bag(tmp_path, graph, processes, storage):
+    from std_msgs.msg import String
+
+    node, executor = graph
+    bag = write_talker_bag(tmp_path / f'talker_{storage}', storage)
+    got = []
+    node.create_subscription(String, '/chatter', got.append, 50)
+    proc = processes.start(BAG_CLI, 'play', str(bag), '--rate', '50', '--wait-for-subscribers-s', '15',
+                           name='play')
+    assert spin_until(executor, lambda: proc.poll() is not None, 60), processes.log('play')
+    spin_until(executor, lambda: len(got) == TALKER_MESSAGES, 5)
+    assert proc.returncode == 0, processes.log('play')
+    assert [m.data for m in got] == [f'Hello World: {i + 1}' for i in range(TALKER_MESSAGES)]
+    assert f'published {TALKER_MESSAGES} messages' in processes.log('play')
+
+
+def test_play_fails_when_it_publishes_nothing_from_a_bag_that_lists_messages(tmp_path, processes):
+    import yaml
+
+    bag = write_talker_bag(tmp_path / 'short', 'sqlite3', listed=TALKER_MESSAGES + 4)
+    proc = processes.start(BAG_CLI, 'play', str(bag), '--rate', '50', name='short')
+    assert proc.wait(60) == 0, processes.log('short')   # a shortfall alone is a warning ...
+    assert 'warning: fewer messages read' in processes.log('short')
+    proc = processes.start(BAG_CLI, 'play', str(bag), '--rate', '50', '--strict', name='strict')
+    assert proc.wait(60) == 1 and 'read 20 of 24' in processes.log('strict')   # ... or with --strict an error
+
+    empty = tmp_path / 'empty'
+    write_bag(empty, 'mcap', n_frames=0, instructions=())
+    meta_path = empty / 'metadata.yaml'
+    meta = yaml.safe_load(meta_path.read_text())
+    info = meta['rosbag2_bagfile_information']
+    info['message_count'] = info['topics_with_message_count'][0]['message_count'] = 20
+    meta_path.write_text(yaml.safe_dump(meta, sort_keys=False))
+    proc = processes.start(BAG_CLI, 'play', str(empty), name='empty')
+    assert proc.wait(60) == 1, processes.log('empty')
+    assert 'published nothing although the bag lists 20 messages' in processes.log('empty')
 
 
 def test_record_refuses_to_overwrite_without_force(tmp_path):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from openvla_ros import defaults
@@ -18,6 +19,7 @@ T0_NS = 1_700_000_000_000_000_000
 PERIOD_NS = 100_000_000           # 10 Hz camera
 REFERENCE_DELAY_NS = 20_000_000
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
+TALKER_MESSAGES = 20
 
 
 def frame_rgb(i: int, size=(64, 48)) -> np.ndarray:
@@ -114,3 +116,37 @@ def _reference_cdr(store, reference_type: str, stamp_ns: int, vec, tokens) -> by
     from openvla_ros.action_message import prediction_to_delta_fields
     fields = prediction_to_delta_fields(result, 'recorded', stamp_ns, 'base_link', 'recorded')
     return store.serialize_cdr(delta_fields_to_rosbags(fields, store), 'openvla_ros/msg/EndEffectorDelta')
+
+
+# what rosbag2 (Jazzy and Kilted) writes for a publisher it discovered: the history and depth
+# are not sent over discovery ("unknown", 0) and "infinite" durations are INT64_MAX nanoseconds
+ROSBAG2_INFINITE = {'sec': 9223372036, 'nsec': 854775807}
+ROSBAG2_OFFERED_QOS = [{
+    'history': 'unknown', 'depth': 0, 'reliability': 'reliable', 'durability': 'volatile',
+    'deadline': ROSBAG2_INFINITE, 'lifespan': ROSBAG2_INFINITE, 'liveliness': 'automatic',
+    'liveliness_lease_duration': ROSBAG2_INFINITE, 'avoid_ros_namespace_conventions': False}]
+
+
+def write_talker_bag(path: Path, storage: str, listed: int | None = None) -> Path:
+    """``ros2 run demo_nodes_cpp talker`` recorded by ``ros2 bag record``: /chatter, String
+    "Hello World: N" at 1 Hz, metadata.yaml as rosbag2 writes it (``listed`` overrides the
+    count it gives)."""
+    store = project_typestore()
+    String = store.types['std_msgs/msg/String']
+    with Writer(path, version=9, storage_plugin=STORAGES[storage]) as w:
+        conn = w.add_connection('/chatter', 'std_msgs/msg/String', typestore=store)
+        for i in range(TALKER_MESSAGES):
+            w.write(conn, T0_NS + i * 10**9,
+                    store.serialize_cdr(String(data=f'Hello World: {i + 1}'), 'std_msgs/msg/String'))
+    meta_path = path / 'metadata.yaml'
+    meta = yaml.safe_load(meta_path.read_text())
+    info = meta['rosbag2_bagfile_information']
+    for topic in info['topics_with_message_count']:
+        topic['topic_metadata']['offered_qos_profiles'] = ROSBAG2_OFFERED_QOS
+        if listed is not None:
+            topic['message_count'] = listed
+    if listed is not None:
+        info['message_count'] = listed
+    info['ros_distro'] = 'jazzy'
+    meta_path.write_text(yaml.safe_dump(meta, sort_keys=False))
+    return path

@@ -172,10 +172,10 @@ def _choose_unnorm_key(policy, requested: str | None) -> str:
 
 def _decode_image(store, msgtype: str, raw) -> tuple[np.ndarray, int]:
     """(H x W x 3 RGB, header stamp in ns) of an Image or CompressedImage."""
-    from openvla_ros.imaging import compressed_msg_to_rgb, image_msg_to_rgb
+    from openvla_ros.imaging import decode_image
 
     msg = store.deserialize_cdr(raw, msgtype)
-    rgb = image_msg_to_rgb(msg) if msgtype == IMAGE_TYPE else compressed_msg_to_rgb(msg)
+    rgb = decode_image(msg)
     stamp = stamp_to_ns(msg.header.stamp)
     return rgb, stamp
 

@@ -68,9 +68,9 @@ def downscale_image(msg, scale: float):
     """Shrink an rclpy Image by ``scale`` (area averaging), keeping header and encoding."""
     import cv2
 
-    from openvla_ros.imaging import SUPPORTED_ENCODINGS, image_msg_to_rgb, rgb_to_image_fields
+    from openvla_ros.imaging import SUPPORTED_ENCODINGS, decode_image, rgb_to_image_fields
 
-    rgb = image_msg_to_rgb(msg)
+    rgb = decode_image(msg)
     h, w = rgb.shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
@@ -86,6 +86,7 @@ class Recorder:
         self.sim_time = sim_time
         self._held: list[tuple[str, object, bytes]] = []   # received before the first /clock
         self.dropped_before_clock = 0
+        self.not_downscaled = 0
         self.wanted = topics
         self.camera_scale = camera_scale
         self.store = project_typestore()
@@ -96,8 +97,6 @@ class Recorder:
 
     def discover(self) -> None:
         """Subscribe to every wanted topic that has appeared in the graph since the last call."""
-        from rclpy.serialization import serialize_message
-
         from openvla_ros.bag.graph import import_message_class, recording_qos, to_rosbags_qos
 
         types = dict(self.node.get_topic_names_and_types())
@@ -119,16 +118,31 @@ class Recorder:
                                               offered_qos_profiles=[to_rosbags_qos(qos)])
             self.connections[topic] = conn
             if topic == defaults.CAMERA_TOPIC and msgtype == IMAGE_TYPE and self.camera_scale != 1.0:
-                def on_image(msg, topic=topic, conn=conn):
-                    raw = serialize_message(downscale_image(msg, self.camera_scale))
-                    self._write(topic, conn, raw)
-                sub = self.node.create_subscription(cls, topic, on_image, qos)
+                def on_image(raw, topic=topic, conn=conn, cls=cls):
+                    self._write(topic, conn, self._downscaled(topic, raw, cls))
+                sub = self.node.create_subscription(cls, topic, on_image, qos, raw=True)
             else:
                 def on_raw(raw, topic=topic, conn=conn):
                     self._write(topic, conn, raw)
                 sub = self.node.create_subscription(cls, topic, on_raw, qos, raw=True)
             self._subscriptions.append(sub)
             self.node.get_logger().info(f'recording {topic} ({msgtype})')
+
+    def _downscaled(self, topic: str, raw: bytes, cls) -> bytes:
+        """The camera message shrunk by ``camera_scale``; one that cannot be decoded is kept as
+        received (a recording loses nothing) and counted."""
+        from rclpy.serialization import deserialize_message, serialize_message
+
+        from openvla_ros.imaging import ImageConversionError
+
+        try:
+            return serialize_message(downscale_image(deserialize_message(raw, cls), self.camera_scale))
+        except ImageConversionError as exc:
+            self.not_downscaled += 1
+            if self.not_downscaled == 1:
+                print(f'openvla-bag record: {topic} message #{self.counts[topic]} kept unscaled: {exc}',
+                      file=sys.stderr)
+            return raw
 
     def _write(self, topic: str, conn, raw: bytes) -> None:
         # receive time on the node clock (wall, or /clock under sim time): the bag's timeline
@@ -212,6 +226,9 @@ def _record(opts: RecordOptions, topics: list[str], out: BagOutput) -> int:
     print(f'openvla-bag record: wrote {out.target} ({summary})', file=sys.stderr)
     if never:
         print(f'openvla-bag record: never saw {", ".join(never)}', file=sys.stderr)
+    if recorder.not_downscaled:
+        print(f'openvla-bag record: warning: {recorder.not_downscaled} camera message(s) could not be decoded '
+              'and were recorded unscaled, as received', file=sys.stderr)
     lost = len(recorder._held) + recorder.dropped_before_clock
     if lost:
         print(f'openvla-bag record: warning: {lost} message(s) arrived but no {defaults.CLOCK_TOPIC} message '
