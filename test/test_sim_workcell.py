@@ -39,7 +39,7 @@ def test_model_has_arm_objects_and_camera(sim):
     assert sim.joint_names == ('waist', 'shoulder', 'elbow', 'forearm_roll', 'wrist_angle', 'wrist_rotate',
                                'left_finger', 'right_finger')
     assert sim.command_joint_names[-1] == 'left_finger' and 'right_finger' not in sim.command_joint_names
-    assert set(sim.object_names) == {'obj_cube', 'obj_can', 'obj_spoon'}
+    assert set(sim.object_names) == {'obj_cube', 'obj_can', 'obj_spoon', 'obj_block'}
     assert CAMERA_NAME in sim.camera_names
     home = sim.home_positions()
     np.testing.assert_allclose(sim.joint_positions(), [home[n] for n in sim.joint_names])

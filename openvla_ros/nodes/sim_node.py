@@ -32,6 +32,7 @@ from openvla_ros.imaging import rgb_to_image_fields
 from openvla_ros.nodes.common import OK, WARN, DiagnosticsPublisher, reliable_qos, run_node
 from openvla_ros.stamps import s_to_sec_nanosec, stamp_to_s
 from openvla_ros.sim import CAMERA_NAME, TrajectoryError, WorkcellSim
+from openvla_ros.sim.workcell import embodiment_start_positions
 
 # When the node falls further behind real time than this, it gives the backlog up rather than
 # running physics in ever longer bursts (the achieved real-time factor then drops below target).
@@ -122,17 +123,8 @@ class SimNode(Node):
         if not name:
             return None
         from openvla_ros.control.embodiment import load_embodiment
-        from openvla_ros.control.kinematics import ArmKinematics
 
-        emb = load_embodiment(name)
-        home = self.sim.home_positions()
-        ik = ArmKinematics(emb).solve(emb.start_pose, [home[j] for j in emb.arm_joints])
-        if not ik.success:
-            raise ValueError(f'start pose of embodiment {name!r} is not reachable: {ik.reason}')
-        start = dict(zip(emb.arm_joints, ik.joint_positions.tolist()))
-        if emb.gripper is not None:
-            start[emb.gripper.joint] = emb.gripper.open_position_m
-        return start
+        return embodiment_start_positions(self.sim, load_embodiment(name))
 
     # ------------------------------------------------------------------ physics loop
     def _tick(self) -> None:

@@ -180,6 +180,53 @@ class WorkcellSim:
             placed[name] = pose
         return placed
 
+    def planar_radius(self, body_name: str) -> float:
+        """Radius of a circle around the body origin that contains the footprint of its geoms."""
+        return self._planar_radius(body_name)
+
+    def top_offset_m(self, body_name: str) -> float:
+        """Height of the body's highest geom point above the body origin, for an upright body."""
+        m = self.model
+        b = m.body(body_name).id
+        t = mujoco.mjtGeom
+        tops = []
+        for g in range(m.ngeom):
+            if m.geom_bodyid[g] != b:
+                continue
+            size, kind = m.geom_size[g], int(m.geom_type[g])
+            half = {int(t.mjGEOM_BOX): size[2], int(t.mjGEOM_ELLIPSOID): size[2],
+                    int(t.mjGEOM_CYLINDER): size[1], int(t.mjGEOM_SPHERE): size[0],
+                    int(t.mjGEOM_CAPSULE): size[0] + size[1]}.get(kind, m.geom_rbound[g])
+            tops.append(float(m.geom_pos[g][2]) + float(half))
+        return max(tops)
+
+    def place_object(self, name: str, x: float, y: float, yaw_rad: float) -> None:
+        """Put object ``name`` at rest at planar position (x, y) with the given yaw about the
+        vertical, at the height (and base tilt) of its nominal pose; call before stepping."""
+        adr = self._object_qpos_adr[name]
+        nominal = self.model.qpos0[adr:adr + 7]
+        q_yaw = np.array([np.cos(yaw_rad / 2), 0.0, 0.0, np.sin(yaw_rad / 2)])
+        quat = np.zeros(4)
+        mujoco.mju_mulQuat(quat, q_yaw, nominal[3:7])
+        self.data.qpos[adr:adr + 7] = [x, y, nominal[2], *quat]
+        self.data.qvel[self.model.jnt_dofadr[self.model.body(name).jntadr[0]]:][:6] = 0.0
+        mujoco.mj_forward(self.model, self.data)
+
+    def move_fixture(self, name: str, x: float, y: float) -> None:
+        """Move a body without joints (the towel) to planar position (x, y); it stays there
+        through later resets until moved again (it is part of the model, not of the state)."""
+        body = self.model.body(name)
+        if body.jntnum[0] != 0:
+            raise ValueError(f'{name!r} has joints: it is not a fixture')
+        self.model.body_pos[body.id][:2] = (x, y)
+        mujoco.mj_forward(self.model, self.data)
+
+    def site_position(self, name: str) -> np.ndarray:
+        return self.data.site(name).xpos.copy()
+
+    def body_position(self, name: str) -> np.ndarray:
+        return self.data.body(name).xpos.copy()
+
     def _planar_radius(self, body_name: str) -> float:
         """Radius of a circle around the body origin that contains the footprint of its geoms."""
         m = self.model
@@ -328,7 +375,22 @@ class WorkcellSim:
         self.close()
 
 
-__all__ = ['WorkcellSim', 'Pose', 'TrajectoryError', 'default_model_path', 'CAMERA_NAME', 'EE_SITE',
+def embodiment_start_positions(sim: WorkcellSim, embodiment) -> dict[str, float]:
+    """Joint positions that put the arm at ``embodiment``'s start pose (its IK from ``home``),
+    gripper open: where sim_node and the evaluation start an episode."""
+    from openvla_ros.control.kinematics import ArmKinematics
+
+    home = sim.home_positions()
+    ik = ArmKinematics(embodiment).solve(embodiment.start_pose, [home[j] for j in embodiment.arm_joints])
+    if not ik.success:
+        raise ValueError(f'start pose of embodiment {embodiment.name!r} is not reachable: {ik.reason}')
+    start = dict(zip(embodiment.arm_joints, ik.joint_positions.tolist()))
+    if embodiment.gripper is not None:
+        start[embodiment.gripper.joint] = embodiment.gripper.open_position_m
+    return start
+
+
+__all__ = ['WorkcellSim', 'embodiment_start_positions', 'Pose', 'TrajectoryError', 'default_model_path', 'CAMERA_NAME', 'EE_SITE',
            'HOME_KEYFRAME', 'MIRRORED_JOINTS']
 
 

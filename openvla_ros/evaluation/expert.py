@@ -1,0 +1,106 @@
+"""A scripted expert for the evaluation tasks: the next Bridge action from the simulator state.
+
+It is meant to be imitated from camera images, so its behaviour is a simple function of what is
+visible (where the finger tips, the objects and the gripper are), with no hidden memory:
+
+- straight-line moves of the finger tips at a capped speed (``SPEED_M_PER_STEP`` per control
+  period, below the controller's per-step clip), at a fixed cruise height while far from the goal
+  horizontally, then straight down;
+- a fixed grasp height relative to the object's grasp point, close, lift, carry, lower to a fixed
+  release height above the support, open, move up;
+- the orientation stays the start orientation (no rotation deltas), so the fingers always close
+  along the base y axis; the tasks' yaw ranges keep the graspable parts across that axis.
+
+Actions are ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` in the base frame (metres, static-XYZ
+radians, gripper 1 = open, 0 = closed), one per control period, like the Bridge data.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from openvla_ros.control.embodiment import Embodiment
+from openvla_ros.evaluation import tasks as T
+from openvla_ros.sim.workcell import WorkcellSim
+
+SPEED_M_PER_STEP = 0.03        # finger-tip speed cap: 0.15 m/s at 5 Hz
+CRUISE_Z_M = 0.15              # finger-tip height for horizontal moves (above the can's top)
+NEAR_XY_M = 0.04               # closer than this horizontally: leave the cruise height
+ALIGNED_XY_M = 0.008           # closer than this: go straight down
+AT_HEIGHT_M = 0.008            # within this of the goal height: act (close / open)
+HOVER_ABOVE_M = 0.05           # height above the goal while aligning
+GRASP_BELOW_M = 0.005          # finger tips this far below the grasp point
+MIN_TIP_Z_M = 0.006            # finger tips never lower (the table is at 0)
+RELEASE_ABOVE_M = 0.012        # drop height of a carried object above its support
+HOLD_RADIUS_M = 0.03           # grasp point within this of the finger tips and gripper closed: held
+CLOSED_BELOW = 0.5             # gripper opening fraction below which it counts as closed
+OPEN, CLOSED = 1.0, 0.0
+
+
+def _toward(tip: np.ndarray, goal: np.ndarray, speed: float = SPEED_M_PER_STEP) -> np.ndarray:
+    d = goal - tip
+    n = float(np.linalg.norm(d))
+    return d if n <= speed else d * (speed / n)
+
+
+def _action(d: np.ndarray, gripper: float) -> np.ndarray:
+    return np.array([d[0], d[1], d[2], 0.0, 0.0, 0.0, gripper], dtype=float)
+
+
+def _approach(tip: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """Straight line to ``goal``: cruise height while far, then hover above it, then down."""
+    dxy = float(np.linalg.norm(goal[:2] - tip[:2]))
+    if dxy > NEAR_XY_M:
+        waypoint = np.array([goal[0], goal[1], max(CRUISE_Z_M, goal[2])])
+    elif dxy > ALIGNED_XY_M:
+        waypoint = np.array([goal[0], goal[1], max(goal[2] + HOVER_ABOVE_M, min(tip[2], CRUISE_Z_M))])
+    else:
+        waypoint = goal
+    return _toward(tip, waypoint)
+
+
+class ScriptedExpert:
+    """``act(sim)`` → the next action for ``task``."""
+
+    def __init__(self, task: T.Task, embodiment: Embodiment | None = None):
+        self.task = task
+        self.embodiment = embodiment or T._embodiment()
+
+    def act(self, sim: WorkcellSim) -> np.ndarray:
+        tip = T.gripper_point(sim)
+        if self.task.kind == 'reach':
+            goal = T.grasp_point(sim, self.task.target).copy()
+            goal[2] = T.top_z(sim, self.task.target) + 0.5 * T.REACH_ABOVE_TOP_M
+            return _action(_approach(tip, goal), OPEN)
+        return self._place(sim, tip)
+
+    def _grasp_height(self, sim: WorkcellSim, body: str) -> float:
+        """Height of the grasp point above the object's bottom (for an upright object)."""
+        return float(T.grasp_point(sim, body)[2] - sim.body_position(body)[2] + sim.model.body(body).pos[2])
+
+    def _place(self, sim: WorkcellSim, tip: np.ndarray) -> np.ndarray:
+        task = self.task
+        obj = T.grasp_point(sim, task.target)
+        closed = T.gripper_open_fraction(sim, self.embodiment) < CLOSED_BELOW
+        held = closed and float(np.linalg.norm(obj - tip)) <= HOLD_RADIUS_M
+        if not held:
+            if T.on_support(sim, task.target, task.support):
+                return _action(np.array([0.0, 0.0, SPEED_M_PER_STEP]), OPEN)   # released: move away
+            if closed:
+                return _action(np.array([0.0, 0.0, SPEED_M_PER_STEP]), OPEN)   # missed: open, rise
+            goal = np.array([obj[0], obj[1], max(obj[2] - GRASP_BELOW_M, MIN_TIP_Z_M)])
+            if (float(np.linalg.norm(goal[:2] - tip[:2])) <= ALIGNED_XY_M
+                    and abs(tip[2] - goal[2]) <= AT_HEIGHT_M):
+                return _action(np.zeros(3), CLOSED)
+            return _action(_approach(tip, goal), OPEN)
+        support = sim.body_position(task.support)
+        support_top = support[2] + sim.top_offset_m(task.support)
+        # where the finger tips go so that the object's grasp point ends above the support centre
+        goal = np.array([support[0] + tip[0] - obj[0], support[1] + tip[1] - obj[1],
+                         support_top + self._grasp_height(sim, task.target) - GRASP_BELOW_M + RELEASE_ABOVE_M])
+        if (float(np.linalg.norm(goal[:2] - tip[:2])) <= ALIGNED_XY_M
+                and abs(tip[2] - goal[2]) <= AT_HEIGHT_M):
+            return _action(np.zeros(3), OPEN)
+        return _action(_approach(tip, goal), CLOSED)
+
+
+__all__ = ['ScriptedExpert', 'SPEED_M_PER_STEP']

@@ -1,0 +1,61 @@
+"""Reference policies for the evaluation, behind the same ``predict`` API as a checkpoint.
+
+- ``expert``: the scripted expert (:mod:`.expert`), the upper bound; it reads the simulator state
+  (``uses_image = False``), so the runner renders nothing for it unless asked to record;
+- ``random``: the tiny untrained OpenVLA checkpoint (the lower bound, see :func:`tiny_checkpoint`);
+- ``shuffled``: any policy given another task's instruction (:class:`ShuffledInstruction`), which
+  shows whether the language matters.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from openvla_ros.engine.api import PredictionResult
+from openvla_ros.evaluation import tasks as T
+from openvla_ros.evaluation.expert import ScriptedExpert
+
+REFERENCE_POLICIES = ('expert', 'random', 'shuffled')
+
+
+class ExpertPolicy:
+    """The scripted expert as a policy; the runner calls :meth:`start_episode` before each episode."""
+
+    model_id = 'scripted-expert'
+    uses_image = False
+
+    def __init__(self):
+        self._sim = None
+        self._expert: ScriptedExpert | None = None
+
+    def start_episode(self, env, task: T.Task) -> None:
+        self._sim = env.sim
+        self._expert = ScriptedExpert(task, env.embodiment)
+
+    def predict(self, image, instruction: str, unnorm_key: str | None = None) -> PredictionResult:
+        if self._expert is None:
+            raise RuntimeError('the expert needs start_episode(env, task) first')
+        action = self._expert.act(self._sim)
+        return PredictionResult(action=action, normalized_action=action.copy(),
+                                action_token_ids=np.zeros(len(action), dtype=np.int64), unnorm_key=unnorm_key or '')
+
+    def unnorm_keys(self) -> dict[str, int]:
+        return {}
+
+    def describe(self) -> dict:
+        return {'model_id': self.model_id}
+
+    def close(self) -> None:
+        pass
+
+
+def shuffled_instruction(task: T.Task, tasks: list[str] | None = None) -> str:
+    """Another task's instruction, chosen deterministically: the next task in the registry order
+    (among ``tasks`` when given) whose target differs, so the control asks for something else."""
+    names = list(tasks or T.TASKS)
+    if task.name in names:
+        names = names[names.index(task.name) + 1:] + names[:names.index(task.name)]
+    for name in names + list(T.TASKS):
+        other = T.TASKS[name]
+        if other.target != task.target:
+            return other.instruction
+    raise ValueError(f'no task with another target than {task.name}')

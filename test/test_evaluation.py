@@ -1,0 +1,117 @@
+"""The evaluation core without ROS: tasks as data, seeded episodes, the scripted expert, the runner."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from openvla_ros.evaluation import tasks as T
+from openvla_ros.evaluation.expert import SPEED_M_PER_STEP
+from openvla_ros.evaluation.policies import ExpertPolicy, shuffled_instruction
+from openvla_ros.evaluation.runner import EpisodeEnv, run_episode
+
+
+@pytest.fixture(scope='module')
+def env():
+    e = EpisodeEnv(image_size=(64, 48))
+    yield e
+    e.close()
+
+
+def test_registry_has_the_bridge_like_tasks():
+    reach = [t for t in T.TASKS.values() if t.kind == 'reach']
+    assert len(reach) >= 3 and len({t.target for t in reach}) == len(reach)
+    assert 'spoon_on_towel' in T.TASKS and T.TASKS['spoon_on_towel'].instruction == 'put the spoon on the towel'
+    assert any(t.kind == 'place' and t.support.startswith('obj_') for t in T.TASKS.values())
+    for t in T.TASKS.values():
+        assert t.paraphrases and t.max_steps > 0 and t.target in t.objects
+
+
+def test_every_reach_target_is_present_in_every_reach_episode():
+    objects = {t.objects for t in T.TASKS.values()}
+    assert len(objects) == 1, 'the instruction alone must decide: every episode shows the same objects'
+    assert {T.TASKS[n].target for n in T.REACH_TASKS} <= set(next(iter(objects)))
+
+
+def test_unknown_task_lists_the_known_ones():
+    with pytest.raises(T.UnknownTaskError) as err:
+        T.get_task('open_the_drawer')
+    for name in T.TASKS:
+        assert name in str(err.value)
+
+
+def test_reset_is_seeded_and_varies_with_the_seed(env):
+    task = T.TASKS['reach_red_block']
+    a = T.reset_episode(env.sim, task, 7)
+    qpos_a = env.sim.data.qpos.copy()
+    b = T.reset_episode(env.sim, task, 8)
+    c = T.reset_episode(env.sim, task, 7)
+    assert a == c and a != b
+    np.testing.assert_array_equal(env.sim.data.qpos, qpos_a)
+    for body, (x, y, yaw) in a.object_poses.items():
+        p = task.placements[body]
+        assert p.x_range_m[0] <= x <= p.x_range_m[1] and p.y_range_m[0] <= y <= p.y_range_m[1]
+        np.testing.assert_allclose(env.sim.body_position(body)[:2], (x, y), atol=1e-9)
+    with pytest.raises(ValueError, match='seed'):
+        T.reset_episode(env.sim, task, -1)
+
+
+def test_paraphrases_are_selectable(env):
+    task = T.TASKS['spoon_on_towel']
+    assert T.reset_episode(env.sim, task, 0).instruction == task.instruction
+    assert T.reset_episode(env.sim, task, 0, paraphrase=2).instruction == task.instructions[2]
+    seeded = {T.reset_episode(env.sim, task, s, paraphrase='seeded').instruction for s in range(20)}
+    assert len(seeded) > 1 and seeded <= set(task.instructions)
+
+
+def test_nothing_succeeds_at_the_start(env):
+    for task in T.TASKS.values():
+        for seed in range(5):
+            T.reset_episode(env.sim, task, seed)
+            assert not task.success(env.sim), (task.name, seed)
+
+
+@pytest.mark.parametrize('name', list(T.TASKS))
+def test_expert_succeeds_smoothly_within_the_limits(env, name):
+    task = T.TASKS[name]
+    r = run_episode(ExpertPolicy(), task, 3, env=env)
+    assert r.success and r.reason == 'success', r.summary()
+    assert not r.refusals, r.refusals
+    assert np.all(np.abs(r.actions[:, :3]) <= SPEED_M_PER_STEP + 1e-12)
+    assert np.all(r.actions[:, 3:6] == 0.0) and set(np.unique(r.actions[:, 6])) <= {0.0, 1.0}
+    assert r.ee_positions.shape == (r.steps + 1, 3) and r.actions.shape == (r.steps, 7)
+    assert r.sim_time_s == pytest.approx(r.steps * env.embodiment.control_period_s, abs=1e-6)
+
+
+def test_same_seed_gives_identical_episodes(env):
+    a = run_episode(ExpertPolicy(), 'red_block_on_purple_block', 11, env=env)
+    b = run_episode(ExpertPolicy(), 'red_block_on_purple_block', 11, env=EpisodeEnv(image_size=(64, 48)))
+    assert a.steps == b.steps and a.success == b.success
+    np.testing.assert_array_equal(a.actions, b.actions)
+    np.testing.assert_array_equal(a.ee_positions, b.ee_positions)
+
+
+def test_policy_errors_end_the_episode_with_the_reason(env):
+    class Broken:
+        uses_image = True
+
+        def predict(self, image, instruction, unnorm_key=None):
+            assert image.shape == (48, 64, 3)
+            raise ConnectionError('server went away')
+
+    r = run_episode(Broken(), 'reach_green_can', 0, env=env)
+    assert not r.success and r.steps == 0 and 'server went away' in r.reason
+
+
+def test_shuffled_instruction_names_another_target():
+    for task in T.TASKS.values():
+        other = shuffled_instruction(task)
+        assert other != task.instruction
+        assert T.TASKS[next(n for n, t in T.TASKS.items() if t.instruction == other)].target != task.target
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', list(T.TASKS))
+def test_expert_reaches_95_percent_over_50_seeds(env, name):
+    results = [run_episode(ExpertPolicy(), name, seed, env=env) for seed in range(50)]
+    failures = [r.summary() for r in results if not r.success]
+    assert len(failures) <= 2, failures
