@@ -79,7 +79,7 @@ def test_checkpoint_and_unnorm_key_defined_once_with_per_tool_need():
 
     for need, argv, expected in ((options.REQUIRED, ['--unnorm-key', 'k'], 'k'),
                                  (options.OPTIONAL, [], defaults.DEFAULT_UNNORM_KEY),
-                                 (options.SERVER_DEFAULT, [], None)):
+                                 (options.CHECKPOINT_DEFAULT, [], None)):
         p = argparse.ArgumentParser()
         options.add_checkpoint_argument(p, options.REQUIRED)
         options.add_unnorm_key_argument(p, need)
@@ -89,3 +89,6 @@ def test_checkpoint_and_unnorm_key_defined_once_with_per_tool_need():
     options.add_checkpoint_argument(p)
     with pytest.raises(SystemExit):
         p.parse_args([])
+    p = argparse.ArgumentParser()
+    options.add_unnorm_key_argument(p, options.CHECKPOINT_DEFAULT, flag='--unnorm-key-default')
+    assert p.parse_args(['--unnorm-key-default', 'k']).unnorm_key_default == 'k'

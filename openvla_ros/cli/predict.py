@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from openvla_ros.policy.options import add_policy_arguments, fail, policy_options
+from openvla_ros.policy.options import (CHECKPOINT_DEFAULT, add_checkpoint_argument, add_policy_arguments,
+                                        add_unnorm_key_argument, fail, policy_options)
 from openvla_ros.engine.api import OpenVLAError
 
 
@@ -62,10 +63,10 @@ def _run_jsonl(policy, stream, out) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='openvla-predict', description=__doc__.split('\n')[0])
-    parser.add_argument('--checkpoint', required=True, type=Path, help='local OpenVLA checkpoint directory')
+    add_checkpoint_argument(parser)
     parser.add_argument('--image', help='RGB image file')
     parser.add_argument('--instruction', help='task instruction, e.g. "put the carrot on the plate"')
-    parser.add_argument('--unnorm-key', default=None, help='action statistics key, e.g. bridge_orig')
+    add_unnorm_key_argument(parser, CHECKPOINT_DEFAULT)
     parser.add_argument('--jsonl', help="file of JSON requests, one per line ('-': stdin)")
     add_policy_arguments(parser)
     args = parser.parse_args(argv)

@@ -137,33 +137,34 @@ def remote_options(args: argparse.Namespace, **extra) -> RemoteOptions:
 
 
 # ---- --checkpoint / --unnorm-key: one definition, each tool says how much it needs them ----
-REQUIRED, OPTIONAL, SERVER_DEFAULT = 'required', 'optional', 'server default'
+REQUIRED = 'required'           # the tool cannot run without it
+OPTIONAL = 'optional'           # --checkpoint may be left out; --unnorm-key defaults to bridge_orig
+CHECKPOINT_DEFAULT = 'checkpoint default'   # --unnorm-key left out: the checkpoint's only key
 
 
-def add_checkpoint_argument(parser: argparse.ArgumentParser, need: str = REQUIRED) -> None:
+def add_checkpoint_argument(parser, need: str = REQUIRED) -> None:
     """``--checkpoint``: an OpenVLA checkpoint directory (Hugging Face layout)."""
     parser.add_argument('--checkpoint', required=need == REQUIRED, default=None, type=Path,
                         metavar='DIR',
-                        help='OpenVLA checkpoint directory (Hugging Face layout: config.json, '
-                             'model*.safetensors, tokenizer.json, preprocessor_config.json)'
-                             + ('' if need == REQUIRED else ' (optional)'))
+                        help='local OpenVLA checkpoint directory (Hugging Face layout: config.json, '
+                             'model*.safetensors, tokenizer.json, preprocessor_config.json; no '
+                             'downloads)')
 
 
-def add_unnorm_key_argument(parser: argparse.ArgumentParser, need: str = OPTIONAL) -> None:
-    """``--unnorm-key``: which dataset statistics un-normalize the actions.
+def add_unnorm_key_argument(parser, need: str = OPTIONAL, flag: str = '--unnorm-key',
+                            help_prefix: str = '') -> None:
+    """``--unnorm-key`` (or ``flag``): which dataset statistics un-normalize the actions.
 
-    ``need``: REQUIRED; OPTIONAL (default ``DEFAULT_UNNORM_KEY``); SERVER_DEFAULT (default none:
-    the key a request without one gets, so a checkpoint with one set of statistics needs none).
-    """
-    if need == SERVER_DEFAULT:
-        parser.add_argument('--unnorm-key', default=None,
-                            help='unnorm_key used when a request names none (default: the '
-                                 "checkpoint's only key, if it has just one)")
-        return
-    parser.add_argument('--unnorm-key', required=need == REQUIRED,
-                        default=None if need == REQUIRED else defaults.DEFAULT_UNNORM_KEY,
-                        help='dataset statistics used to un-normalize actions (must be in the '
-                             'checkpoint)' + ('' if need == REQUIRED else ' (default: %(default)s)'))
+    ``need``: REQUIRED; OPTIONAL (default ``DEFAULT_UNNORM_KEY``); CHECKPOINT_DEFAULT (default
+    none: the checkpoint's only key, an error when it has several)."""
+    text = help_prefix + 'dataset statistics that un-normalize the actions (a key of the checkpoint)'
+    if need == CHECKPOINT_DEFAULT:
+        parser.add_argument(flag, default=None,
+                            help=text + " (default: the checkpoint's only key, if it has just one)")
+    else:
+        parser.add_argument(flag, required=need == REQUIRED,
+                            default=None if need == REQUIRED else defaults.DEFAULT_UNNORM_KEY,
+                            help=text + ('' if need == REQUIRED else ' (default: %(default)s)'))
 
 
 def fail(message: str, code: int = 1) -> int:

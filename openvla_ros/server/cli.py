@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from openvla_ros import defaults
-from openvla_ros.policy.options import add_policy_arguments, policy_options
+from openvla_ros.policy.options import (CHECKPOINT_DEFAULT, add_checkpoint_argument, add_policy_arguments,
+                                        add_unnorm_key_argument, policy_options)
 from openvla_ros.server.app import ServerConfig, create_app
 
 TOKEN_ENV = 'OPENVLA_SERVER_TOKEN'
@@ -36,14 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog='openvla-serve',
         description='Serve an OpenVLA checkpoint over HTTP (POST /act compatible with upstream '
                     'deploy.py; /act/detailed, /healthz, /info).')
-    p.add_argument('--checkpoint', required=True, type=Path,
-                   help='local OpenVLA checkpoint directory (no downloads)')
+    add_checkpoint_argument(p)
     add_policy_arguments(p)   # --dtype, --device, --quantization, ... as every engine tool
     p.add_argument('--self-test', action='store_true',
                    help='at load, check that the image changes the logits (refuse to serve a '
                         'model that ignores the image)')
-    p.add_argument('--unnorm-key-default', default=None,
-                   help='unnorm_key used when a request names none')
+    add_unnorm_key_argument(p, CHECKPOINT_DEFAULT, flag='--unnorm-key-default',
+                            help_prefix='for requests that name none: ')
     p.add_argument('--host', default=defaults.DEFAULT_SERVER_HOST,
                    help='address to bind (default %(default)s; non-loopback needs a token)')
     p.add_argument('--port', type=int, default=defaults.DEFAULT_SERVER_PORT)
