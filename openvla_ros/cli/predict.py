@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         policy = load_policy(args.checkpoint, policy_options(args))
     except OpenVLAError as exc:
         return fail(str(exc))
+    except (OSError, MemoryError, RuntimeError) as exc:
+        # unreadable files, an allocation the estimate did not foresee, a device error
+        return fail(f'cannot load {args.checkpoint}: {type(exc).__name__}: {exc}')
     try:
         if single:
             try:

@@ -12,6 +12,7 @@ assigned. Every tensor is accounted for: unexpected or missing keys raise ``Chec
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +26,7 @@ TOKENIZER_FILE = 'tokenizer.json'
 WEIGHTS_FILE = 'model.safetensors'
 WEIGHTS_INDEX_FILE = 'model.safetensors.index.json'
 STATISTICS_FILE = 'dataset_statistics.json'
+MAX_ACTION_DIM = 64     # one decode step per dimension; robots have ~7
 
 
 def _missing(directory: Path, name: str) -> CheckpointError:
@@ -60,16 +62,33 @@ def load_norm_stats(directory: Path, config: dict) -> dict:
     if not stats:
         raise CheckpointError(f'no action statistics in {directory} (config.json norm_stats is empty '
                               f'and there is no {STATISTICS_FILE})')
+    if not isinstance(stats, dict):
+        raise CheckpointError(f'action statistics in {directory} must be a JSON object')
     for key, entry in stats.items():
         try:
             action = entry['action']
             if len(action['q01']) != len(action['q99']) or not action['q01']:
                 raise ValueError('q01 and q99 differ in length or are empty')
-            if 'mask' in action and len(action['mask']) != len(action['q01']):
-                raise ValueError('mask length differs from q01')
+            if len(action['q01']) > MAX_ACTION_DIM:
+                raise ValueError(f'{len(action["q01"])} action dimensions, at most '
+                                 f'{MAX_ACTION_DIM} are supported')
+            for name in ('q01', 'q99'):
+                # a NaN or a string here would reach the robot as a NaN action on every frame
+                if not all(_finite_number(v) for v in action[name]):
+                    raise ValueError(f'{name} must hold finite numbers, got {action[name]!r}')
+            if 'mask' in action:
+                if len(action['mask']) != len(action['q01']):
+                    raise ValueError('mask length differs from q01')
+                if not all(isinstance(m, bool) for m in action['mask']):
+                    raise ValueError(f'mask must hold true/false values, got {action["mask"]!r}')
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f'action statistics for {key!r} are malformed: {exc!r}') from None
+            raise CheckpointError(f'action statistics for {key!r} are malformed: {exc}') from None
     return stats
+
+
+def _finite_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def weight_files(directory: Path) -> dict[str, Path]:
@@ -79,8 +98,8 @@ def weight_files(directory: Path) -> dict[str, Path]:
     if (directory / WEIGHTS_INDEX_FILE).is_file():
         index = read_json(directory, WEIGHTS_INDEX_FILE)
         try:
-            mapping = {k: directory / v for k, v in index['weight_map'].items()}
-        except (KeyError, AttributeError):
+            mapping = {k: _inside(directory, v) for k, v in index['weight_map'].items()}
+        except (KeyError, AttributeError, TypeError):
             raise CheckpointError(f'{WEIGHTS_INDEX_FILE} in {directory} has no weight_map') from None
         for shard in sorted(set(mapping.values())):
             if not shard.is_file():
@@ -92,6 +111,18 @@ def weight_files(directory: Path) -> dict[str, Path]:
             return {k: path for k in f.keys()}
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f'cannot read {WEIGHTS_FILE} in {directory}: {exc}') from None
+
+
+def _inside(directory: Path, name) -> Path:
+    """The file ``name`` of the checkpoint, refused unless it lies inside ``directory``."""
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f'{WEIGHTS_INDEX_FILE}: shard names must be file names, got {name!r}')
+    root = directory.resolve()
+    path = (root / name).resolve()
+    if path == root or root not in path.parents:
+        raise CheckpointError(f'{WEIGHTS_INDEX_FILE} names the shard {name!r}, which is outside '
+                              f'the checkpoint directory {directory}')
+    return path
 
 
 def iter_tensors(files: dict[str, Path]) -> Iterator[tuple[str, torch.Tensor]]:

@@ -12,6 +12,7 @@ real layout and parameter names.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,45 @@ TEXT_CONFIG_DEFAULTS: dict[str, Any] = {
     'eos_token_id': 2,
     'pad_token_id': None,
 }
+
+# Sane bounds for every dimension a config.json may state, checked before anything is built: far
+# above any OpenVLA/Llama/ViT in use (openvla-7b: 32 layers, 4096 wide, ViTs 24/27 blocks, 1152
+# wide), far below what would take minutes to even describe on the meta device.
+TEXT_BOUNDS = {
+    'vocab_size': (1, 1_048_576),
+    'hidden_size': (2, 65_536),
+    'intermediate_size': (1, 262_144),
+    'num_hidden_layers': (1, 512),
+    'num_attention_heads': (1, 1024),
+    'num_key_value_heads': (1, 1024),
+    'max_position_embeddings': (2, 1_048_576),
+    'bos_token_id': (0, 1_048_575),
+    'eos_token_id': (0, 1_048_575),
+}
+TIMM_BOUNDS = {'embed_dim': (1, 16_384), 'depth': (1, 256), 'num_heads': (1, 1024),
+               'patch_size': (1, 1024), 'num_classes': (0, 0), 'reg_tokens': (0, 1024),
+               'img_size': (1, 4096)}
+MAX_MLP_RATIO = 64.0
+IMAGE_SIZE_BOUNDS = (1, 4096)
+PAD_TO_MULTIPLE_BOUNDS = (0, 65_536)
+
+
+def check_int(where: str, value, lo: int, hi: int) -> int:
+    """``value`` must be a JSON integer (not a bool, not a float) within [lo, hi]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckpointError(f'config.json: {where} must be an integer, got {value!r}')
+    if not lo <= value <= hi:
+        raise CheckpointError(f'config.json: {where} = {value} is outside the sane range {lo}..{hi}')
+    return value
+
+
+def check_positive_float(where: str, value, hi: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 < value <= hi:
+        raise CheckpointError(f'config.json: {where} must be a finite number in (0, {hi}], '
+                              f'got {value!r}')
+    return float(value)
+
 
 OPENVLA_7B_TIMM_IDS = ['vit_large_patch14_reg4_dinov2.lvd142m', 'vit_so400m_patch14_siglip_224']
 FUSED_ARCH = 'no-align+fused-gelu-mlp'
@@ -72,8 +112,20 @@ class TextConfig:
         if merged['hidden_act'] != 'silu':
             raise CheckpointError(f"text_config.hidden_act {merged['hidden_act']!r} is not supported "
                                   "(OpenVLA's Llama uses 'silu')")
-        if merged['hidden_size'] % merged['num_attention_heads']:
-            raise CheckpointError('text_config.hidden_size must be a multiple of num_attention_heads')
+        for name, (lo, hi) in TEXT_BOUNDS.items():
+            check_int(f'text_config.{name}', merged[name], lo, hi)
+        if merged['pad_token_id'] is not None:
+            check_int('text_config.pad_token_id', merged['pad_token_id'], 0, merged['vocab_size'] - 1)
+        check_positive_float('text_config.rms_norm_eps', merged['rms_norm_eps'], 1.0)
+        check_positive_float('text_config.rope_theta', merged['rope_theta'])
+        heads, kv_heads = merged['num_attention_heads'], merged['num_key_value_heads']
+        if merged['hidden_size'] % heads or (merged['hidden_size'] // heads) % 2:
+            raise CheckpointError(f"config.json: text_config.hidden_size {merged['hidden_size']} "
+                                  f'must be a multiple of num_attention_heads {heads} with an even '
+                                  'head dimension')
+        if heads % kv_heads:
+            raise CheckpointError(f'config.json: text_config.num_attention_heads {heads} must be a '
+                                  f'multiple of num_key_value_heads {kv_heads}')
         return cls(**merged)
 
 
@@ -98,6 +150,8 @@ class OpenVLAConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> 'OpenVLAConfig':
+        if not isinstance(raw, dict):
+            raise CheckpointError('config.json must hold a JSON object')
         try:
             ids = list(raw['timm_model_ids'])
             fused = bool(raw.get('use_fused_vision_backbone', len(ids) == 2))
@@ -113,23 +167,59 @@ class OpenVLAConfig:
             arch = raw.get('arch_specifier', FUSED_ARCH if fused else NON_FUSED_ARCH)
             if arch not in (FUSED_ARCH, NON_FUSED_ARCH):
                 raise CheckpointError(f'config.json: arch_specifier {arch!r} is not supported')
+            for i, timm_id in enumerate(ids):
+                if not isinstance(timm_id, str):
+                    raise CheckpointError(f'config.json: timm_model_ids[{i}] must be a string')
+            for i, entry in enumerate(kwargs):
+                _check_timm_kwargs(i, entry)
+            image_sizes = raw.get('image_sizes', [224, 224])
+            if not isinstance(image_sizes, list) or not image_sizes:
+                raise CheckpointError('config.json: image_sizes must be a non-empty list')
+            for i, size in enumerate(image_sizes):
+                check_int(f'image_sizes[{i}]', size, *IMAGE_SIZE_BOUNDS)
+            text = TextConfig.from_dict(raw.get('text_config', {}))
+            pad = check_int('pad_to_multiple_of', raw.get('pad_to_multiple_of', 64),
+                            *PAD_TO_MULTIPLE_BOUNDS)
+            if pad >= text.vocab_size:
+                raise CheckpointError(f'config.json: pad_to_multiple_of {pad} leaves no base '
+                                      f'vocabulary of text_config.vocab_size {text.vocab_size}')
+            # action ids count down from the base vocabulary: every bin needs its own token
+            check_int('n_action_bins', raw.get('n_action_bins', 256), 2, text.vocab_size - pad)
             return cls(
                 timm_model_ids=ids,
                 timm_model_kwargs=[dict(k) for k in kwargs],
                 timm_override_act_layers=list(acts),
-                image_sizes=list(raw.get('image_sizes', [224, 224])),
+                image_sizes=list(image_sizes),
                 use_fused_vision_backbone=fused,
                 arch_specifier=arch,
-                text=TextConfig.from_dict(raw.get('text_config', {})),
-                pad_to_multiple_of=int(raw.get('pad_to_multiple_of', 64)),
+                text=text,
+                pad_to_multiple_of=pad,
                 n_action_bins=int(raw.get('n_action_bins', 256)),
                 norm_stats=dict(raw.get('norm_stats') or {}),
                 raw=raw,
             )
         except KeyError as exc:
             raise CheckpointError(f'config.json is missing the field {exc.args[0]!r}') from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f'config.json is malformed: {exc}') from None
+
+
+def _check_timm_kwargs(index: int, kwargs) -> None:
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f'config.json: timm_model_kwargs[{index}] must be an object')
+    for name, value in kwargs.items():
+        where = f'timm_model_kwargs[{index}].{name}'
+        if name in TIMM_BOUNDS:
+            check_int(where, value, *TIMM_BOUNDS[name])
+        elif isinstance(value, float) or name.endswith('ratio'):
+            check_positive_float(where, value, MAX_MLP_RATIO)
+        elif isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= 65_536:
+            raise CheckpointError(f'config.json: {where} = {value} is outside the sane range '
+                                  '0..65536')
+    dim, heads = kwargs.get('embed_dim'), kwargs.get('num_heads')
+    if dim is not None and heads is not None and dim % heads:
+        raise CheckpointError(f'config.json: timm_model_kwargs[{index}].embed_dim {dim} must be '
+                              f'a multiple of num_heads {heads}')
 
 
 def _bridge_orig_stats() -> dict:

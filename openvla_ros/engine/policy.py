@@ -11,6 +11,7 @@ driven by one worker thread.
 from __future__ import annotations
 
 import gc
+import math
 import threading
 import time
 from pathlib import Path
@@ -68,9 +69,64 @@ def validate_options(options: PolicyOptions) -> None:
 
 
 def build_model(cfg: OpenVLAConfig) -> OpenVLAModel:
-    """The architecture on the meta device (no memory for weights)."""
-    with torch.device('meta'):
-        return OpenVLAModel(cfg)
+    """The architecture on the meta device (no memory for weights; the config's dimensions are
+    bounded, so this is quick)."""
+    try:
+        with torch.device('meta'):
+            return OpenVLAModel(cfg)
+    except (RuntimeError, ValueError, TypeError, AssertionError, KeyError) as exc:
+        # timm refuses unknown model ids or inconsistent kwargs in its own words
+        raise CheckpointError(f'config.json describes a model that cannot be built: '
+                              f'{type(exc).__name__}: {exc}') from None
+
+
+# bytes per weight of a quantized linear layer (scales and zero points on top are small)
+QUANTIZED_WEIGHT_BYTES = {'8bit': 1.0, '4bit': 0.5, 'torchao-int8': 1.0, 'torchao-int4': 0.5}
+# activations, allocator slack and framework buffers on top of weights and KV cache
+MEMORY_HEADROOM = 1.15
+MEMORY_HEADROOM_BYTES = 256 * 2**20
+
+
+def estimate_memory(expected: dict[str, tuple[int, ...]], cfg: OpenVLAConfig, dtype: torch.dtype,
+                    quantization: str, cache_tokens: int) -> int:
+    """Bytes the loaded model needs on its device: weights (quantized linears at their packed
+    size), a KV cache of ``cache_tokens`` token slots, and headroom."""
+    size = torch.empty((), dtype=dtype, device='meta').element_size()
+    weights = 0.0
+    for key, shape in expected.items():
+        n = math.prod(shape)
+        linear = (len(shape) == 2 and key.endswith('.weight') and 'embed' not in key
+                  and not key.startswith('language_model.lm_head'))
+        weights += n * (QUANTIZED_WEIGHT_BYTES[quantization] if quantization != 'none' and linear
+                        else size)
+    text = cfg.text
+    cache = 2 * text.num_hidden_layers * text.num_key_value_heads * text.head_dim * cache_tokens * size
+    return int((weights + cache) * MEMORY_HEADROOM) + MEMORY_HEADROOM_BYTES
+
+
+def available_memory(device: torch.device) -> tuple[int | None, str]:
+    """(bytes free on ``device`` or None when unknown, what was measured)."""
+    if device.type == 'cuda':
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+            return int(free), f'free memory on {device}'
+        except RuntimeError:
+            return None, ''
+    try:
+        for line in Path('/proc/meminfo').read_text().splitlines():
+            if line.startswith('MemAvailable:'):
+                return int(line.split()[1]) * 1024, 'available RAM'
+    except (OSError, ValueError, IndexError):
+        pass
+    return None, ''
+
+
+def check_fits(needed: int, device: torch.device, model_id: str, parameters: int) -> None:
+    free, what = available_memory(device)
+    if free is not None and needed > free:
+        raise CheckpointError(f'{model_id} has {parameters:,} parameters and needs about '
+                              f'{needed / 2**30:.1f} GiB on {device}, but {what} is '
+                              f'{free / 2**30:.1f} GiB; refusing to load it')
 
 
 def materialize(model: OpenVLAModel, tensors: Iterable[tuple[str, torch.Tensor]],
@@ -144,6 +200,11 @@ class OpenVLAPolicy:
         self.device = torch.device(options.device)
         model = build_model(self.config)
         expected = model.checkpoint_shapes()
+        self.parameter_count = sum(math.prod(shape) for shape in expected.values())
+        cache_tokens = (BATCH_BUCKETS[-1] * STATIC_CACHE_SLOTS if options.compile
+                        else STATIC_CACHE_SLOTS)
+        check_fits(estimate_memory(expected, self.config, self.dtype, options.quantization,
+                                   cache_tokens), self.device, self.model_id, self.parameter_count)
         if _tensor_source is None:
             files = weight_files(directory)
             check_keys(expected, set(files))
@@ -157,7 +218,6 @@ class OpenVLAPolicy:
         self._static_inputs: dict = {}
         self._decode_step = None
         self.last_forward_passes = 0
-        self.parameter_count = sum(int(np.prod(shape)) for shape in expected.values())
         if options.compile:
             self._setup_static_decode(compiled=True)
         if options.self_test:
