@@ -1,5 +1,6 @@
 """The full-size openvla-7b architecture, built on the meta device from the synthetic config,
-has exactly the checkpoint layout of spec §4.9 (names, shapes, counts) without any weights."""
+has exactly the checkpoint layout upstream's HF conversion writes
+(``convert_openvla_weights_to_hf.py``: names, shapes, counts) without any weights."""
 from __future__ import annotations
 
 import pytest

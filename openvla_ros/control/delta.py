@@ -18,7 +18,8 @@ the previous target as the pivot by default (``rotation_pivot: target``): a rota
 never moves the commanded point, and the tracking lag of the real arm (up to a few cm in
 non-blocking 5 Hz control) cannot leak into the position as ``(R_d - I)·(t_prev - p)``, a term
 that is an artefact of where the arm happened to be, not of what the policy predicted (the
-training labels are differences of reached states, §6.2). ``rotation_pivot: measured`` reproduces
+training labels are differences of reached states: upstream's ``relabel_bridge_actions`` in
+``prismatic/vla/datasets/rlds/utils/data_utils.py``). ``rotation_pivot: measured`` reproduces
 bridge_data_robot to the letter.
 
 Before composing, each dimension is clipped to the action space (xyz ±max_translation_step_m,

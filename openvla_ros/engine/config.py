@@ -223,7 +223,8 @@ def _check_timm_kwargs(index: int, kwargs) -> None:
 
 
 def _bridge_orig_stats() -> dict:
-    """The real ``bridge_orig`` statistics of openvla-7b (action part; spec §5.3)."""
+    """The real ``bridge_orig`` statistics of openvla-7b (action part; computed by upstream's
+    ``get_dataset_statistics`` in ``prismatic/vla/datasets/rlds/utils/data_utils.py``)."""
     return {
         'action': {
             'mask': [True, True, True, True, True, True, False],
@@ -250,7 +251,8 @@ BRIDGE_ORIG_STATS = _bridge_orig_stats()
 
 
 def openvla_7b_config() -> dict:
-    """The openvla-7b ``config.json`` (spec §4.10): real timm ids, no kwargs, LlamaConfig defaults."""
+    """The openvla-7b ``config.json`` (as upstream's ``convert_openvla_weights_to_hf.py`` writes
+    it): real timm ids, no kwargs, LlamaConfig defaults."""
     return {
         'model_type': 'openvla',
         'architectures': ['OpenVLAForActionPrediction'],
@@ -309,7 +311,8 @@ def tiny_config(vit_dim: int = 48, vit_depth: int = 3, vit_heads: int = 3, llm_d
 
 def v01_tiny_config(vit_dim: int = 48, vit_depth: int = 3, vit_heads: int = 3, llm_dim: int = 64,
                     llm_layers: int = 2, llm_heads: int = 4, llm_mlp: int = 128) -> dict:
-    """openvla-v01 layout (spec §3.4): SigLIP only, 2-layer projector, letterbox, shrunk."""
+    """openvla-v01 layout (upstream ``prismatic/conf/vla.py`` and ``conf/models.py``): SigLIP only,
+    2-layer projector, letterbox, shrunk."""
     cfg = tiny_config(vit_dim, vit_depth, vit_heads, llm_dim, llm_layers, llm_heads, llm_mlp)
     cfg.update({'vision_backbone_id': 'siglip-vit-so400m', 'llm_backbone_id': 'vicuna-v15-7b',
                 'arch_specifier': NON_FUSED_ARCH, 'use_fused_vision_backbone': False,
@@ -324,7 +327,8 @@ SYNTHETIC_PRESETS = {'full': openvla_7b_config, 'mid': mid_config, 'tiny': tiny_
 
 
 def openvla_7b_preprocessor_config() -> dict:
-    """openvla-7b's ``preprocessor_config.json`` (PrismaticImageProcessor, spec §4.10)."""
+    """openvla-7b's ``preprocessor_config.json`` (upstream's PrismaticImageProcessor,
+    ``processing_prismatic.py``)."""
     # float32-rounded ImageNet constants, exactly as serialised by the upstream conversion
     dino_mean = [0.48500001430511475, 0.4560000002384186, 0.4059999883174896]
     dino_std = [0.2290000021457672, 0.2240000069141388, 0.22499999403953552]
@@ -347,7 +351,8 @@ def openvla_7b_preprocessor_config() -> dict:
 
 
 def v01_preprocessor_config() -> dict:
-    """openvla-v01's image processor (derived, spec §3.4): letterbox with fill 127, then timm's
+    """openvla-v01's image processor (derived from upstream ``prismatic/conf/models.py``):
+    letterbox with fill 127, then timm's
     Resize(shorter side 224) + CenterCrop(224), SigLIP normalisation, 3 channels."""
     return {
         'image_processor_type': 'PrismaticImageProcessor',

@@ -1,6 +1,8 @@
 """Policies with random weights and real shapes, for benchmarks without a download.
 
-``synthetic_policy('full', options)`` builds openvla-7b's exact architecture (spec §4.9/§4.10) and
+``synthetic_policy('full', options)`` builds openvla-7b's exact architecture (the state-dict
+layout and ``config.json`` that upstream's ``vla-scripts/extern/convert_openvla_weights_to_hf.py``
+writes) and
 fills every tensor with random values created directly on the target device in the target dtype
 (or quantized as it is created), so a GPU machine can measure full-size latency and memory with
 nothing but this package. ``'mid'`` (real-width-ish ViTs, a 1024-wide 8-layer Llama) gives CPU
