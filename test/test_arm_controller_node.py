@@ -35,6 +35,7 @@ class Rig:
         # their processing past the 0.5 s default, which is not what these tests are about
         # (joint-state staleness has its own test in test_control_safety.py).
         params.setdefault('max_joint_state_age_s', 10.0)
+        self.frame_id = load_embodiment(embodiment).base_frame_id
         overrides = [Parameter('embodiment', value=embodiment)] + [Parameter(k, value=v) for k, v in params.items()]
         self.node = ArmControllerNode(context=context, parameter_overrides=overrides)
         self.node_exec = MultiThreadedExecutor(num_threads=2, context=context)
@@ -99,8 +100,9 @@ class Rig:
             if state is not None:
                 self.joint_pub.publish(state)
 
-    def send_action(self, values, age_s=0.0):
+    def send_action(self, values, age_s=0.0, frame_id=None):
         msg = EndEffectorDelta()
+        msg.header.frame_id = self.frame_id if frame_id is None else frame_id
         now_ns = self.client.get_clock().now().nanoseconds - int(age_s * 1e9)
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(now_ns, 1_000_000_000)
         msg.action = [float(v) for v in values]

@@ -17,6 +17,13 @@ from openvla_ros.control.geometry import Pose, orthonormalize
 from openvla_ros.paths import config_file, description_dir
 
 GRIPPER_OUTPUTS = ('trajectory', 'float64', 'none')
+# Safety limits that parameters may change, and which side of its hard bound each must stay on:
+# +1 the value may not exceed the bound (per axis for vectors), -1 it may not go below it.
+HARD_LIMIT_SIDES = {
+    'max_translation_step_m': 1, 'max_rotation_step_rad': 1, 'max_joint_speed_rad_s': 1,
+    'watchdog_timeout_s': 1, 'max_action_age_s': 1, 'max_joint_state_age_s': 1,
+    'workspace_low_m': -1, 'workspace_high_m': 1,
+}
 ROTATION_PIVOTS = ('target', 'measured')
 
 
@@ -84,6 +91,9 @@ class Embodiment:
     joint_trajectory_topic: str = defaults.relative(defaults.JOINT_TRAJECTORY_TOPIC)
     servo_twist_topic: str = defaults.relative(defaults.SERVO_TWIST_TOPIC)
     gripper_width_topic: str = defaults.relative(defaults.GRIPPER_WIDTH_TOPIC)
+    # The loosest value each HARD_LIMIT_SIDES limit may take (YAML ``hard_limits``; a limit the
+    # file gives no hard bound for is bounded by its own value in the file: overrides only tighten).
+    hard_limits: dict = field(default_factory=dict)
 
     def __post_init__(self):
         validate(self)
@@ -171,6 +181,20 @@ def validate(e: Embodiment) -> None:
                 _fail(f'gripper.{key}', f'must be a number, got {v!r}')
         if g.output not in GRIPPER_OUTPUTS:
             _fail('gripper.output', f'must be one of {GRIPPER_OUTPUTS}, got {g.output!r}')
+    for key, bound in e.hard_limits.items():
+        if key not in HARD_LIMIT_SIDES:
+            _fail(f'hard_limits.{key}', f'unknown key (known: {sorted(HARD_LIMIT_SIDES)})')
+        try:
+            b = np.asarray(bound, dtype=float)
+        except (TypeError, ValueError):
+            _fail(f'hard_limits.{key}', f'must be numeric, got {bound!r}')
+        v = np.asarray(getattr(e, key), dtype=float)
+        if b.shape != v.shape or not np.all(np.isfinite(b)):
+            _fail(f'hard_limits.{key}', f'must be finite and shaped like {key}, got {bound!r}')
+        side = HARD_LIMIT_SIDES[key]
+        if np.any(side * (v - b) > 0):
+            _fail(key, f'{getattr(e, key)!r} is outside the hard limit {bound!r} of the embodiment file '
+                       f'(it may only be {"lower" if side > 0 else "higher"})')
     if not e.use_ik and e.output_joint_trajectory:
         _fail('outputs.joint_trajectory', 'needs kinematics.use_ik: true (joint targets come from the IK)')
     if not (e.output_joint_trajectory or e.output_servo_twist):
@@ -209,6 +233,7 @@ _SECTIONS = {
         'servo_twist_topic': 'servo_twist_topic', 'gripper_width_topic': 'gripper_width_topic',
     },
 }
+_SECTIONS['hard_limits'] = {k: 'hard_limits' for k in HARD_LIMIT_SIDES}
 _GRIPPER_KEYS = {'joint', 'closed_position_m', 'open_position_m', 'output'}
 _REQUIRED = ('base_frame_id', 'kinematics.model_file', 'kinematics.end_effector_site', 'kinematics.arm_joints')
 
@@ -244,7 +269,10 @@ def embodiment_from_dict(data: dict, name: str) -> Embodiment:
             for sub, v in value.items():
                 if sub not in _SECTIONS[key]:
                     _fail(f'{key}.{sub}', f'unknown key (known: {sorted(_SECTIONS[key])})')
-                values[_SECTIONS[key][sub]] = v if sub == 'joint_limits_rad' else _as_tuple(v)
+                if key == 'hard_limits':
+                    values.setdefault('hard_limits', {})[sub] = _as_tuple(v)
+                else:
+                    values[_SECTIONS[key][sub]] = v if sub == 'joint_limits_rad' else _as_tuple(v)
         else:
             known = sorted([k for k in _SECTIONS if k] + list(_SECTIONS[None]) + ['gripper'])
             _fail(key, f'unknown key (known: {known})')
@@ -261,6 +289,10 @@ def embodiment_from_dict(data: dict, name: str) -> Embodiment:
     for f in fields(Embodiment):
         if f.name in values and f.type in ('bool',) and not isinstance(values[f.name], bool):
             _fail(f.name, f'must be true or false, got {values[f.name]!r}')
+    hard = dict(values.get('hard_limits') or {})
+    for key in HARD_LIMIT_SIDES:
+        hard.setdefault(key, values.get(key, Embodiment.__dataclass_fields__[key].default))
+    values['hard_limits'] = hard
     try:
         return Embodiment(name=name, **values)
     except TypeError as exc:

@@ -4,8 +4,18 @@ A lifecycle node around the ROS-free :class:`openvla_ros.control.safety.SafetyCo
 ``on_configure`` loads ``config/<embodiment>.yaml``, applies the safety-limit parameters (they
 override the YAML; their defaults are the YAML values) and builds the kinematics;
 ``on_activate`` starts the outputs. The ``live`` safety parameters may also be changed while
-configured (validated by an on-set-parameters callback; they apply from the next action on). Subscriptions, services and timers share one mutually
-exclusive callback group, so the controller state is only touched by one callback at a time.
+configured (validated by an on-set-parameters callback; they apply from the next action on),
+never beyond the embodiment file's hard limits; every other parameter is read-only after start.
+The controller state is guarded by one lock; joint states and the e-stop have callback groups of
+their own, so an action flood cannot delay them (each action callback is short: at most one
+action per control period reaches the IK, the others only replace the pending one).
+
+The e-stop latch lives in the node, outside what ``on_configure`` rebuilds, and the e-stop topic
+is subscribed from construction on, in every lifecycle state: best-effort + volatile (which every
+publisher QoS matches) plus reliable + transient-local (to receive a latched message published
+before the node started). An incompatible-QoS event on the action, joint-state or e-stop topic
+is an ERROR in the status and in /diagnostics. The watchdog runs on a steady timer, and every
+freshness bound also holds on the steady clock.
 
 Outputs: JointTrajectory (arm joints + the gripper finger joint when the gripper output is
 ``trajectory``; one point at max(control period, distance / max joint speed)), the target
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -26,9 +37,11 @@ from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import TransitionCallbackReturn
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64
 from std_srvs.srv import SetBool, Trigger
@@ -37,13 +50,16 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from openvla_ros import defaults
 from openvla_ros.control.embodiment import Embodiment, EmbodimentConfigError, load_embodiment
 from openvla_ros.control.kinematics import ArmKinematics
-from openvla_ros.control.safety import ActionInput, Command, Mode, Refusal, SafetyController
+from openvla_ros.control.safety import ActionInput, Command, EStopLatch, Mode, Refusal, SafetyController
 from openvla_ros.msg import ControllerStatus, EndEffectorDelta
 from openvla_ros.nodes import common
 from openvla_ros.stamps import s_to_sec_nanosec
 
-CONTROL_TICK_S = 0.02      # watchdog / blocking-goal polling period
+CONTROL_TICK_S = 0.02      # watchdog / pending-action polling period (steady clock)
 STATUS_PERIOD_S = 1.0
+# Best-effort + volatile requests the least, so publishers of every QoS match it.
+ESTOP_ANY_QOS = QoSProfile(depth=10, history=HistoryPolicy.KEEP_LAST,
+                           reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
 
 class SafetyParam(NamedTuple):
     description: str
@@ -96,7 +112,11 @@ class ArmControllerNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__(defaults.ARM_CONTROLLER_NODE, **kwargs)
         self.declare_parameter('embodiment', defaults.DEFAULT_EMBODIMENT, ParameterDescriptor(
-            description='embodiment config: config/<name>.yaml or a path to a YAML file (read at configure)'))
+            description='embodiment config: config/<name>.yaml or a path to a YAML file (read at configure)',
+            read_only=True))
+        self.declare_parameter('estop_latch_file', '', ParameterDescriptor(
+            description="file that keeps an e-stop latched across node restarts ('' = none: a restarted "
+                        'node starts with the e-stop clear, disabled unless start_enabled)', read_only=True))
         self._load_error = ''
         try:
             base = load_embodiment(self.get_parameter('embodiment').value)
@@ -107,17 +127,27 @@ class ArmControllerNode(LifecycleNode):
             default = getattr(base, name) if base is not None else Embodiment.__dataclass_fields__[name].default
             if isinstance(default, tuple):
                 default = [float(x) for x in default]
-            when = 'live: applies to the next action' if spec.live else 'read at configure'
+            when = ('live: applies to the next action, within the hard limits of the embodiment file'
+                    if spec.live else 'read-only: set at launch')
             descriptor = ParameterDescriptor(
-                description=f'{spec.description} (default from the embodiment YAML; {when})')
+                description=f'{spec.description} (default from the embodiment YAML; {when})',
+                read_only=not spec.live)
             if spec.low is not None:
-                descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.low),
-                                                                      to_value=float(spec.high))]
+                high = float(spec.high)
+                if base is not None and name in base.hard_limits:
+                    high = min(high, float(base.hard_limits[name]))
+                descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.low), to_value=high)]
                 default = float(default)
             self.declare_parameter(name, default, descriptor)
 
+        self._base = base
         self._lock = threading.RLock()
         self._group = MutuallyExclusiveCallbackGroup()
+        self._joints_group = MutuallyExclusiveCallbackGroup()
+        self._estop_group = MutuallyExclusiveCallbackGroup()
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._estop = EStopLatch(self.get_parameter('estop_latch_file').value or None)
+        self._qos_errors: dict[str, str] = {}
         self._controller: SafetyController | None = None
         self._embodiment: Embodiment | None = None
         self._active = False
@@ -136,8 +166,31 @@ class ArmControllerNode(LifecycleNode):
         self.create_service(SetBool, '~/enable', self._on_enable, callback_group=self._group)
         self.create_service(Trigger, '~/reset_estop', self._on_reset_estop, callback_group=self._group)
         self.create_service(Trigger, '~/reset_target', self._on_reset_target, callback_group=self._group)
-        self.create_timer(STATUS_PERIOD_S, self._on_status_timer, callback_group=self._group)
+        self.create_timer(STATUS_PERIOD_S, self._on_status_timer, callback_group=self._group, clock=self._steady)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.create_subscription(Bool, defaults.relative(defaults.ESTOP_TOPIC), self._on_estop, ESTOP_ANY_QOS,
+                                 callback_group=self._estop_group,
+                                 event_callbacks=self._qos_events(defaults.ESTOP_TOPIC))
+        # Only for a latched e-stop published before this node started; volatile or best-effort
+        # publishers are incompatible with it by design (the subscription above receives them).
+        self.create_subscription(Bool, defaults.relative(defaults.ESTOP_TOPIC), self._on_estop, common.latched_qos(),
+                                 callback_group=self._estop_group,
+                                 event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda _info: None))
+        if self._estop.restored:
+            self.get_logger().warning(f'e-stop latched before the restart ({self._estop.path}): '
+                                      'holding until ~/reset_estop')
+        self._publish_status(force=True)
+
+    def _qos_events(self, topic: str) -> SubscriptionEventCallbacks:
+        return SubscriptionEventCallbacks(incompatible_qos=lambda info: self._on_incompatible_qos(topic, info))
+
+    def _on_incompatible_qos(self, topic: str, info) -> None:
+        policy = getattr(info.last_policy_kind, 'name', str(info.last_policy_kind))
+        text = (f'incompatible QoS on {topic}: a publisher does not match ({policy}, '
+                f'{info.total_count} so far); its messages are not received')
+        with self._lock:
+            self._qos_errors[topic] = text
+        self.get_logger().error(text, throttle_duration_sec=5.0)
         self._publish_status(force=True)
 
     # ------------------------------------------------------------------ parameters
@@ -147,7 +200,13 @@ class ArmControllerNode(LifecycleNode):
         if not changes:
             return SetParametersResult(successful=True)
         with self._lock:
-            if self._controller is None:  # validated with the rest at configure
+            if self._controller is None:  # the hard limits hold while unconfigured too
+                if self._base is not None:
+                    current = {n: _param_to_field(self.get_parameter(n).value) for n in SAFETY_PARAMS}
+                    try:
+                        self._base.with_overrides(**{**current, **changes})
+                    except EmbodimentConfigError as exc:
+                        return SetParametersResult(successful=False, reason=str(exc))
                 return SetParametersResult(successful=True)
             try:
                 self._controller.update_limits(**changes)
@@ -176,7 +235,7 @@ class ArmControllerNode(LifecycleNode):
             return self._fail(f'configure failed: {exc}')
         with self._lock:
             self._embodiment = embodiment
-            self._controller = SafetyController(embodiment, kinematics)
+            self._controller = SafetyController(embodiment, kinematics, self._estop)
             self._create_io()
             self._config_event = f'configured: {embodiment.name}'
         self.get_logger().info(f'embodiment {embodiment.name}: {len(embodiment.arm_joints)} arm joints, '
@@ -197,13 +256,14 @@ class ArmControllerNode(LifecycleNode):
             self._gripper_pub = self.create_lifecycle_publisher(Float64, e.gripper_width_topic, 10)
         self._subs = [
             self.create_subscription(EndEffectorDelta, defaults.relative(defaults.ACTION_TOPIC), self._on_action,
-                                     common.reliable_qos(10), callback_group=self._group),
+                                     common.reliable_qos(10), callback_group=self._group,
+                                     event_callbacks=self._qos_events(defaults.ACTION_TOPIC)),
             self.create_subscription(JointState, defaults.relative(defaults.JOINT_STATES_TOPIC), self._on_joint_state,
-                                     qos_profile_sensor_data, callback_group=self._group),
-            self.create_subscription(Bool, defaults.relative(defaults.ESTOP_TOPIC), self._on_estop,
-                                     common.latched_qos(), callback_group=self._group),
+                                     qos_profile_sensor_data, callback_group=self._joints_group,
+                                     event_callbacks=self._qos_events(defaults.JOINT_STATES_TOPIC)),
         ]
-        self._io_timers = [self.create_timer(CONTROL_TICK_S, self._on_tick, callback_group=self._group)]
+        self._io_timers = [self.create_timer(CONTROL_TICK_S, self._on_tick, callback_group=self._group,
+                                             clock=self._steady)]
         if e.output_servo_twist:
             self._io_timers.append(self.create_timer(1.0 / e.servo_rate_hz, self._on_servo_timer,
                                                   callback_group=self._group))
@@ -229,7 +289,7 @@ class ArmControllerNode(LifecycleNode):
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
         with self._lock:
-            self._publish_command(self._controller.hold_command('deactivated'))
+            self._publish_command(self._controller.hold_command('deactivated', *self._clocks()))
             self._active = False
             self._twist_until_s = -1.0
         result = super().on_deactivate(state)
@@ -255,13 +315,16 @@ class ArmControllerNode(LifecycleNode):
     def _now_s(self) -> float:
         return common.now_s(self)
 
+    def _clocks(self) -> tuple[float, float]:
+        """(node clock, steady clock) in seconds, as the controller core takes them."""
+        return common.now_s(self), time.monotonic()
+
     def _on_action(self, msg: EndEffectorDelta) -> None:
         with self._lock:
             if not self._active:
                 return
-            result = self._controller.on_action(ActionInput(tuple(msg.action), common.stamp_to_s(msg.header.stamp)),
-                                                self._now_s())
-            self._handle(result)
+            action = ActionInput(tuple(msg.action), common.stamp_to_s(msg.header.stamp), msg.header.frame_id)
+            self._handle(self._controller.on_action(action, *self._clocks()))
 
     def _on_joint_state(self, msg: JointState) -> None:
         if len(msg.name) != len(msg.position):
@@ -271,13 +334,18 @@ class ArmControllerNode(LifecycleNode):
         with self._lock:
             if self._controller is None:
                 return
-            self._controller.update_joints(dict(zip(msg.name, msg.position)), self._now_s())
+            self._controller.update_joints(dict(zip(msg.name, msg.position)), *self._clocks())
 
     def _on_estop(self, msg: Bool) -> None:
         with self._lock:
-            if self._controller is None:
+            if self._controller is None:   # latched all the same: the next controller sees it
+                self._estop.input = bool(msg.data)
+                if msg.data and not self._estop.latched:
+                    self._estop.latch()
+                    self.get_logger().warning('e-stop latched (unconfigured): holding until ~/reset_estop')
+                self._publish_status(force=True)
                 return
-            cmd = self._controller.set_estop(bool(msg.data))
+            cmd = self._controller.set_estop(bool(msg.data), *self._clocks())
             if cmd is not None:
                 self.get_logger().warning('e-stop latched: holding until ~/reset_estop')
                 self._twist_until_s = -1.0
@@ -289,7 +357,7 @@ class ArmControllerNode(LifecycleNode):
         with self._lock:
             if not self._active:
                 return
-            result = self._controller.tick(self._now_s())
+            result = self._controller.tick(*self._clocks())
             if result is not None:
                 self._handle(result)
             else:
@@ -315,7 +383,7 @@ class ArmControllerNode(LifecycleNode):
             if resp.success:
                 self._twist_until_s = -1.0
                 if not req.data and self._active:
-                    self._publish_command(self._controller.hold_command('disabled'))
+                    self._publish_command(self._controller.hold_command('disabled', *self._clocks()))
         self._publish_status()
         return resp
 
@@ -325,6 +393,8 @@ class ArmControllerNode(LifecycleNode):
                 resp.success, resp.message = False, 'not configured'
                 return resp
             resp.success, resp.message = self._controller.reset_estop()
+            if resp.success:
+                self.get_logger().info(resp.message)
         self._publish_status()
         return resp
 
@@ -396,13 +466,16 @@ class ArmControllerNode(LifecycleNode):
         if c is None:
             msg.state, msg.state_name = ControllerStatus.STATE_ERROR, 'UNCONFIGURED'
             msg.embodiment = str(self.get_parameter('embodiment').value)
-            msg.last_event = self._config_event or self._load_error
+            msg.estop_latched = self._estop.latched
+            msg.last_event = '; '.join(self._qos_errors.values()) or self._config_event or self._load_error
             return msg
         e = self._embodiment
         mode = c.mode
         msg.header.frame_id = e.base_frame_id
         msg.state = mode.value
         msg.state_name = mode.name if self._active else f'{mode.name} (inactive)'
+        if self._qos_errors and mode is not Mode.ESTOP:
+            msg.state, msg.state_name = ControllerStatus.STATE_ERROR, f'ERROR ({mode.name}: incompatible QoS)'
         msg.embodiment = e.name
         msg.enabled = c.enabled
         msg.estop_latched = c.estop_latched
@@ -418,6 +491,8 @@ class ArmControllerNode(LifecycleNode):
         return msg
 
     def _last_event_text(self, c: SafetyController, mode: Mode) -> str:
+        if self._qos_errors:
+            return '; '.join(self._qos_errors.values())
         if mode is Mode.ERROR and not c.last_event:
             return 'no joint states'
         return c.last_event if (c.last_event or not self._config_event) else self._config_event
@@ -427,7 +502,7 @@ class ArmControllerNode(LifecycleNode):
         asks at 50 Hz, and most ticks change nothing)."""
         c = self._controller
         if c is None:
-            return (None, self._config_event or self._load_error)
+            return (None, self._config_event or self._load_error, self._estop.latched, tuple(self._qos_errors))
         mode = c.mode
         cnt = c.counters
         return (mode, self._active, c.enabled, c.estop_latched, self._last_event_text(c, mode),
@@ -449,8 +524,11 @@ class ArmControllerNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         d = self._diagnostics
         c = self._controller
+        qos = d.status('qos', common.ERROR if self._qos_errors else common.OK,
+                       '; '.join(self._qos_errors.values()) or 'ok')
         if c is None:
-            d.publish([d.status('configuration', common.ERROR, self._config_event or self._load_error or 'unconfigured')])
+            d.publish([d.status('configuration', common.ERROR, self._config_event or self._load_error or 'unconfigured'),
+                       qos])
             return
         mode = c.mode
         state_level = {Mode.TRACKING: common.OK, Mode.HOLDING: common.OK, Mode.DISABLED: common.OK,
@@ -470,6 +548,7 @@ class ArmControllerNode(LifecycleNode):
             d.status('kinematics', common.WARN if cnt.ik_failures else common.OK,
                      f'{cnt.ik_failures} IK failures', {'ik_failures': cnt.ik_failures,
                                                        'model': self._embodiment.model_file}),
+            qos,
         ])
 
 
