@@ -30,7 +30,8 @@ from .config import OpenVLAConfig
 from .modeling import OpenVLAModel, checkpoint_key_to_module_key, splice_image
 from .preprocessing import ImageProcessor, to_pixel_values, validate_image
 from .prompt import PromptTokenizer, build_prompt, validate_instruction
-from .quantization import quantized_parameter, replace_linears
+from .quantization import (quantized_parameter, replace_linears, torchao_check_supported,
+                           torchao_eligible, torchao_quantize)
 
 TORCH_DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 # Batches are padded to one of these sizes for the compiled decode step (one graph each).
@@ -66,6 +67,11 @@ def validate_options(options: PolicyOptions) -> None:
         raise OpenVLAError('extra_latency_s must not be negative')
     if options.cpu_threads < 0:
         raise OpenVLAError('cpu_threads must be 0 (keep torch default) or positive')
+    if options.quantization.startswith('torchao'):
+        why = torchao_check_supported(options.quantization, torch.device(options.device),
+                                      TORCH_DTYPES[options.dtype])
+        if why:
+            raise OpenVLAError(why)
 
 
 def build_model(cfg: OpenVLAConfig) -> OpenVLAModel:
@@ -138,16 +144,24 @@ def materialize(model: OpenVLAModel, tensors: Iterable[tuple[str, torch.Tensor]]
     ``tensors`` yields (checkpoint key, tensor); ``expected`` maps checkpoint key -> shape.
     """
     quantized = set()
-    if quantization != 'none':
+    torchao = quantization.startswith('torchao')
+    if quantization != 'none' and not torchao:
         quantized = set(replace_linears(model, quantization, compute_dtype, quant_type))
     modules = dict(model.named_modules())
+    if torchao:
+        # each weight is quantized as soon as it is loaded: the full-precision model never exists
+        quantized = {n for n, m in modules.items() if torchao_eligible(quantization, n, m)}
     for ckpt_key, tensor in tensors:
         if tuple(tensor.shape) != expected[ckpt_key]:
             raise CheckpointError(f'tensor {ckpt_key} has shape {tuple(tensor.shape)}, the '
                                   f'architecture in config.json expects {expected[ckpt_key]}')
         module_name, attr = checkpoint_key_to_module_key(ckpt_key).rsplit('.', 1)
         module = modules[module_name]
-        if module_name in quantized and attr == 'weight':
+        if module_name in quantized and attr == 'weight' and torchao:
+            module._parameters[attr] = torch.nn.Parameter(tensor.to(device=device, dtype=dtype),
+                                                          requires_grad=False)
+            torchao_quantize(module, quantization)
+        elif module_name in quantized and attr == 'weight':
             module._parameters[attr] = quantized_parameter(tensor.to(dtype), quantization,
                                                            quant_type, device)
         elif attr in module._parameters:
@@ -246,6 +260,9 @@ class OpenVLAPolicy:
             info['bnb_4bit_compute_dtype'] = o.bnb_4bit_compute_dtype
         elif o.quantization == '8bit':
             info['bnb_8bit'] = 'LLM.int8, outlier threshold 6.0'
+        elif o.quantization.startswith('torchao'):
+            info['torchao'] = ('int8 weights, per-channel scales' if o.quantization == 'torchao-int8'
+                               else 'int4 weights, groups of 128, tinygemm layout')
         return info
 
     def predict(self, image: np.ndarray, instruction: str, unnorm_key: str | None = None,

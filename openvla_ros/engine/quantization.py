@@ -1,4 +1,6 @@
-"""Weight-only quantization with bitsandbytes (``8bit`` LLM.int8, ``4bit`` nf4/fp4).
+"""Weight-only quantization with bitsandbytes (``8bit`` LLM.int8, ``4bit`` nf4/fp4) or torchao
+(``torchao-int8``, ``torchao-int4``: int8 / int4 weights with per-channel / per-group scales,
+computed in the model dtype, fast under torch.compile on CUDA).
 
 Like upstream's ``load_in_8bit`` / ``load_in_4bit`` path, every ``nn.Linear`` is replaced (the ViT,
 projector and Llama linears) except the output embedding ``language_model.lm_head``, which stays
@@ -79,3 +81,43 @@ def quantized_parameter(tensor: torch.Tensor, quantization: str, quant_type: str
         return bnb.nn.Int8Params(tensor, requires_grad=False, has_fp16_weights=False).to(device)
     return bnb.nn.Params4bit(tensor, requires_grad=False, quant_type=quant_type,
                              compress_statistics=False).to(device)
+
+
+TORCHAO_INT4_GROUP = 128
+
+
+def torchao_eligible(quantization: str, name: str, module: nn.Module) -> bool:
+    """Which linears torchao quantizes: all but ``lm_head``; int4's tinygemm layout also needs the
+    input width in whole groups and the output width in tiles (other layers stay unquantized)."""
+    if not isinstance(module, nn.Linear) or name in KEEP_UNQUANTIZED:
+        return False
+    if quantization == 'torchao-int4':
+        return module.in_features % TORCHAO_INT4_GROUP == 0 and module.out_features % 64 == 0
+    return True
+
+
+def torchao_check_supported(quantization: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why this torchao mode cannot run here, or None."""
+    if quantization == 'torchao-int4':
+        if device.type != 'cuda':
+            return ('quantization torchao-int4 needs CUDA: torchao 0.18 has no CPU kernel for '
+                    'int4 weight-only layers; use torchao-int8, or 4bit (bitsandbytes), on CPU')
+        if dtype != torch.bfloat16:
+            return 'quantization torchao-int4 computes in bfloat16: use --dtype bfloat16'
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return f'quantization {quantization} needs the torchao package, which is not installed'
+    return None
+
+
+def torchao_quantize(linear: nn.Linear, quantization: str) -> None:
+    """Quantize one loaded linear in place (its weight becomes a torchao tensor subclass)."""
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+    if quantization == 'torchao-int8':
+        config = Int8WeightOnlyConfig()
+    else:
+        config = Int4WeightOnlyConfig(group_size=TORCHAO_INT4_GROUP,
+                                      int4_packing_format='tile_packed_to_4d')
+    quantize_(linear, config)
