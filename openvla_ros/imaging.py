@@ -266,8 +266,8 @@ def _encode_camera(rgb: np.ndarray, encoding: str, layout: _Layout) -> np.ndarra
 def _as_bytes(data) -> bytes | memoryview:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return data
-    if isinstance(data, np.ndarray):
-        return data.astype(np.uint8, copy=False).tobytes()
+    if isinstance(data, np.ndarray):   # rosbags: a view, not a copy of the frame
+        return memoryview(np.ascontiguousarray(data, dtype=np.uint8).reshape(-1))
     # rclpy gives array.array('B') for uint8[]
     try:
         return memoryview(data).cast('B')
