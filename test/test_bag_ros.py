@@ -220,14 +220,26 @@ def test_play_fails_when_it_publishes_nothing_from_a_bag_that_lists_messages(tmp
     assert 'published nothing although the bag lists 20 messages' in processes.log('empty')
 
 
-def test_record_refuses_to_overwrite_without_force(tmp_path):
+def test_record_replaces_only_a_bag_and_only_with_force(tmp_path):
     from openvla_ros.bag.cli import main
+    from openvla_ros.bag.storage import BagSource
 
     out = tmp_path / 'existing'
     write_bag(out, 'mcap', n_frames=1)
     before = sorted(p.name for p in out.iterdir())
     assert main(['record', '-o', str(out), '--duration-s', '0.1']) == 2
     assert sorted(p.name for p in out.iterdir()) == before
+    # --force replaces a bag, but never a plain file or a directory that is not a bag
+    document = tmp_path / 'notes.txt'
+    document.write_text('keep me')
+    assert main(['record', '-o', str(document), '--duration-s', '0.1', '--force']) == 2
+    assert document.read_text() == 'keep me'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['existing', 'notes.txt']
+    # a bag is replaced once the new recording is closed (nothing publishes here: an empty bag)
+    assert main(['record', '-o', str(out), '--duration-s', '0.5', '--force', '--no-use-sim-time']) == 0
+    with BagSource(out) as src:
+        assert sum(t.count for t in src.topics.values()) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['existing', 'notes.txt']
 
 
 def test_play_drives_vla_node_under_sim_time(tmp_path, graph, processes, tiny_checkpoint):
