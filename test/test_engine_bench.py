@@ -33,3 +33,17 @@ def test_benchmark_report_and_generate_baseline(tmp_path):
 def test_bench_cli_rejects_bad_arguments(capsys):
     assert bench.main(['--synthetic', 'tiny', '--iterations', '0']) == 2
     assert capsys.readouterr().err.startswith('error: ')
+
+
+def test_speculative_comparison_in_one_run(tmp_path):
+    policy = synthetic_policy('tiny', PolicyOptions(speculative=True), workdir=tmp_path)
+    try:
+        r = bench.run_speculative(policy, n_frames=3, rounds=1)
+    finally:
+        policy.close()
+    assert r['same_tokens'] is True and r['actions'] == 2
+    assert 0.0 <= r['acceptance'] <= 1.0 and 1 <= r['mean_forward_passes'] <= 7
+    assert r['speedup_lm'] > 0
+    ties = r['near_ties']
+    assert ties['steps'] == 3 * 7 and ties['argmax_flips'] == 0
+    json.dumps(r)

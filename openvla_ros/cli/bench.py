@@ -42,6 +42,68 @@ def bench_scene(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarra
     return img
 
 
+def trace_frames(n: int) -> list[np.ndarray]:
+    """A short trace of camera frames that change a little from one to the next, like a scene
+    seen at 5 Hz while the arm moves."""
+    base = bench_scene().astype(np.int16)
+    return [np.clip(np.roll(base, shift=3 * i, axis=1) + (i % 3), 0, 255).astype(np.uint8)
+            for i in range(n)]
+
+
+def run_speculative(policy, n_frames: int, rounds: int) -> dict:
+    """Speculative decoding (draft = the previous frame's action) against plain greedy decoding,
+    interleaved frame by frame in one run so both see the same machine load.
+
+    Also compares the logits of the verification pass (several tokens in one forward) with those
+    of plain one-token steps: a step whose top-1/top-2 margin is below twice their difference is
+    a near-tie that rounding could flip."""
+    import torch
+
+    keys = policy.unnorm_keys()
+    key = DEFAULT_UNNORM_KEY if DEFAULT_UNNORM_KEY in keys else next(iter(keys))
+    frames = trace_frames(n_frames)
+    plain_t, spec_t, accepted, passes = [], [], [], []
+    same = True
+    for _ in range(rounds):
+        draft = None
+        for image in frames:
+            p = policy.predict(image, INSTRUCTION, key)
+            s = policy.predict(image, INSTRUCTION, key, draft_token_ids=draft)
+            same &= p.action_token_ids.tolist() == s.action_token_ids.tolist()
+            if draft is not None:
+                plain_t.append(p.timings['prefill'] + p.timings['decode'])
+                spec_t.append(s.timings['prefill'] + s.timings['decode'])
+                accepted.append(s.draft_tokens_accepted)
+                passes.append(policy.last_forward_passes)
+            draft = p.action_token_ids.tolist()
+    # near ties, on the draft that is right in full (the longest verification pass)
+    steps = keys[key]
+    margins, diffs, flips = [], [], 0
+    for image in frames:
+        pixels = policy.pixel_values(image)[None]
+        ids = [policy.prompt_token_ids(INSTRUCTION)]
+        tokens, plain_logits, _ = policy.generate(pixels, ids, steps, return_logits=True)
+        _, spec_logits, _ = policy.generate(pixels, ids, steps, return_logits=True,
+                                            drafts=[tokens[0].tolist()])
+        for a, b in zip(plain_logits, spec_logits):
+            top2 = torch.topk(a[0], 2).values
+            margins.append(float(top2[0] - top2[1]))
+            diffs.append(float((a[0] - b[0]).abs().max()))
+            flips += int(a[0].argmax() != b[0].argmax())
+    near = sum(m < 2 * d for m, d in zip(margins, diffs))
+    return {
+        'frames': n_frames, 'rounds': rounds, 'actions': len(accepted), 'same_tokens': same,
+        'acceptance': sum(accepted) / (steps * len(accepted)) if accepted else None,
+        'all_accepted_share': sum(a >= steps - 1 for a in accepted) / len(accepted) if accepted else None,
+        'mean_forward_passes': statistics.mean(passes) if passes else None,
+        'plain_lm': _summary(plain_t), 'speculative_lm': _summary(spec_t),
+        'speedup_lm': statistics.median(plain_t) / statistics.median(spec_t) if spec_t else None,
+        'near_ties': {'steps': len(margins), 'max_logit_difference': max(diffs),
+                      'smallest_margin': min(margins), 'margin_below_2x_difference': near,
+                      'argmax_flips': flips},
+    }
+
+
 def _summary(values: list[float]) -> dict:
     ordered = sorted(values)
     return {'median_ms': 1000 * statistics.median(ordered),
@@ -202,6 +264,18 @@ def format_report(r: dict) -> str:
                      f"-> {b['speedup']:.2f}x; same tokens: {b['same_tokens']}")
     elif b:
         lines.append(f"baseline: {b['skipped']}")
+    sp = r.get('speculative')
+    if sp:
+        nt = sp['near_ties']
+        lines.append(f"speculative (draft = previous action, {sp['actions']} actions): acceptance "
+                     f"{sp['acceptance']:.1%}, all accepted {sp['all_accepted_share']:.1%}, "
+                     f"{sp['mean_forward_passes']:.2f} forward passes per action; LM prefill+decode "
+                     f"plain {sp['plain_lm']['median_ms']:.2f} ms vs speculative "
+                     f"{sp['speculative_lm']['median_ms']:.2f} ms -> {sp['speedup_lm']:.2f}x; "
+                     f"same tokens: {sp['same_tokens']}")
+        lines.append(f"near ties: {nt['margin_below_2x_difference']}/{nt['steps']} steps with a "
+                     f"top-2 margin below twice the multi- vs one-token logit difference (max "
+                     f"{nt['max_logit_difference']:.2e}), argmax flips {nt['argmax_flips']}")
     return '\n'.join(lines)
 
 
@@ -216,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--no-baseline', action='store_true',
                         help="skip the transformers generate() comparison")
     parser.add_argument('--json', action='store_true', help='print one JSON object')
+    parser.add_argument('--speculative-trace', type=int, default=0, metavar='FRAMES',
+                        help='also compare speculative decoding (draft = previous action) with '
+                             'plain decoding, interleaved, on a trace of this many frames')
+    parser.add_argument('--speculative-rounds', type=int, default=3,
+                        help='passes over the speculative trace')
     add_policy_arguments(parser)
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0:
@@ -226,12 +305,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         options = policy_options(args)
+        if args.speculative_trace:
+            options.speculative = True   # only predictions given a draft decode speculatively
         policy = (synthetic_policy(args.synthetic, options) if args.synthetic
                   else load_policy(args.checkpoint, options))
     except OpenVLAError as exc:
         return fail(str(exc))
     try:
         report = run_benchmark(policy, args.iterations, args.warmup, baseline=not args.no_baseline)
+        if args.speculative_trace:
+            report['speculative'] = run_speculative(policy, args.speculative_trace,
+                                                    args.speculative_rounds)
     finally:
         policy.close()
     report['machine'] = machine_description()

@@ -65,21 +65,6 @@ def mode_options(mode: str, device: str):
     return PolicyOptions(**kw)
 
 
-def frames(n: int) -> list:
-    """A short trace of camera frames that change a little from one to the next, like a scene
-    seen at 5 Hz while the arm moves."""
-    import numpy as np
-
-    from openvla_ros.cli.bench import bench_scene
-
-    base = bench_scene().astype(np.int16)
-    out = []
-    for i in range(n):
-        shifted = np.roll(base, shift=3 * i, axis=1)
-        out.append(np.clip(shifted + (i % 3), 0, 255).astype(np.uint8))
-    return out
-
-
 class _CudagraphLog(logging.Handler):
     def __init__(self):
         super().__init__()
@@ -96,6 +81,7 @@ def run_mode(mode: str, device: str, preset: str, iterations: int, n_frames: int
     import torch
     from torch._dynamo.utils import counters
 
+    from openvla_ros.cli.bench import trace_frames
     from openvla_ros.engine.synthetic import synthetic_policy
 
     cuda = device.startswith('cuda')
@@ -115,7 +101,7 @@ def run_mode(mode: str, device: str, preset: str, iterations: int, n_frames: int
                               workdir=tempfile.mkdtemp(prefix='openvla-gpu-check-'))
     load_s = time.perf_counter() - t0
     try:
-        trace = frames(n_frames)
+        trace = trace_frames(n_frames)
         stages: dict[str, list[float]] = {}
         tokens, accepted = [], []
         draft = None
