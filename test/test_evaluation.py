@@ -115,3 +115,13 @@ def test_expert_reaches_95_percent_over_50_seeds(env, name):
     results = [run_episode(ExpertPolicy(), name, seed, env=env) for seed in range(50)]
     failures = [r.summary() for r in results if not r.success]
     assert len(failures) <= 2, failures
+
+
+def test_wilson_interval_matches_known_values():
+    from openvla_ros.evaluation.stats import wilson_interval
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)

@@ -24,6 +24,7 @@ from openvla_ros.sim.workcell import WorkcellSim
 
 SPEED_M_PER_STEP = 0.03        # finger-tip speed cap: 0.15 m/s at 5 Hz
 CRUISE_Z_M = 0.15              # finger-tip height for horizontal moves (above the can's top)
+LIFT_FIRST_BELOW_M = 0.04     # this far below the cruise height and far from the goal: lift vertically
 NEAR_XY_M = 0.04               # closer than this horizontally: leave the cruise height
 ALIGNED_XY_M = 0.008           # closer than this: go straight down
 AT_HEIGHT_M = 0.008            # within this of the goal height: act (close / open)
@@ -31,8 +32,9 @@ HOVER_ABOVE_M = 0.05           # height above the goal while aligning
 GRASP_BELOW_M = 0.005          # finger tips this far below the grasp point
 MIN_TIP_Z_M = 0.006            # finger tips never lower (the table is at 0)
 RELEASE_ABOVE_M = 0.012        # drop height of a carried object above its support
-HOLD_RADIUS_M = 0.03           # grasp point within this of the finger tips and gripper closed: held
-CLOSED_BELOW = 0.5             # gripper opening fraction below which it counts as closed
+HOLD_RADIUS_M = 0.05           # grasp point within this of the finger tips, gripper closed on something: held
+CLOSED_BELOW = 0.6             # gripper opening fraction below which it counts as closed
+EMPTY_BELOW = 0.04             # ... and below which nothing is between the fingers
 OPEN, CLOSED = 1.0, 0.0
 
 
@@ -49,7 +51,9 @@ def _action(d: np.ndarray, gripper: float) -> np.ndarray:
 def _approach(tip: np.ndarray, goal: np.ndarray) -> np.ndarray:
     """Straight line to ``goal``: cruise height while far, then hover above it, then down."""
     dxy = float(np.linalg.norm(goal[:2] - tip[:2]))
-    if dxy > NEAR_XY_M:
+    if dxy > NEAR_XY_M and tip[2] < CRUISE_Z_M - LIFT_FIRST_BELOW_M:
+        waypoint = np.array([tip[0], tip[1], CRUISE_Z_M])        # straight up before moving across
+    elif dxy > NEAR_XY_M:
         waypoint = np.array([goal[0], goal[1], max(CRUISE_Z_M, goal[2])])
     elif dxy > ALIGNED_XY_M:
         waypoint = np.array([goal[0], goal[1], max(goal[2] + HOVER_ABOVE_M, min(tip[2], CRUISE_Z_M))])
@@ -80,8 +84,9 @@ class ScriptedExpert:
     def _place(self, sim: WorkcellSim, tip: np.ndarray) -> np.ndarray:
         task = self.task
         obj = T.grasp_point(sim, task.target)
-        closed = T.gripper_open_fraction(sim, self.embodiment) < CLOSED_BELOW
-        held = closed and float(np.linalg.norm(obj - tip)) <= HOLD_RADIUS_M
+        opening = T.gripper_open_fraction(sim, self.embodiment)
+        closed = opening < CLOSED_BELOW
+        held = EMPTY_BELOW <= opening < CLOSED_BELOW and float(np.linalg.norm(obj - tip)) <= HOLD_RADIUS_M
         if not held:
             if T.on_support(sim, task.target, task.support):
                 return _action(np.array([0.0, 0.0, SPEED_M_PER_STEP]), OPEN)   # released: move away

@@ -201,14 +201,11 @@ class WorkcellSim:
         return max(tops)
 
     def place_object(self, name: str, x: float, y: float, yaw_rad: float) -> None:
-        """Put object ``name`` at rest at planar position (x, y) with the given yaw about the
-        vertical, at the height (and base tilt) of its nominal pose; call before stepping."""
+        """Put object ``name`` upright at planar position (x, y), turned by ``yaw_rad`` about the
+        vertical from its body axes (the nominal yaw is replaced), at its nominal height."""
         adr = self._object_qpos_adr[name]
-        nominal = self.model.qpos0[adr:adr + 7]
-        q_yaw = np.array([np.cos(yaw_rad / 2), 0.0, 0.0, np.sin(yaw_rad / 2)])
-        quat = np.zeros(4)
-        mujoco.mju_mulQuat(quat, q_yaw, nominal[3:7])
-        self.data.qpos[adr:adr + 7] = [x, y, nominal[2], *quat]
+        z = self.model.qpos0[adr + 2]
+        self.data.qpos[adr:adr + 7] = [x, y, z, np.cos(yaw_rad / 2), 0.0, 0.0, np.sin(yaw_rad / 2)]
         self.data.qvel[self.model.jnt_dofadr[self.model.body(name).jntadr[0]]:][:6] = 0.0
         mujoco.mj_forward(self.model, self.data)
 
