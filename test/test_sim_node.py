@@ -114,3 +114,63 @@ def test_sim_node_refuses_bad_parameters(processes):
     proc = processes.start('openvla_ros.nodes.sim_node', '--ros-args', '-p', 'start_joint_positions:=[0.1, 0.2]')
     assert proc.wait(30) == 2
     assert 'start_joint_positions needs 7 values' in processes.log('sim_node')
+
+
+def test_sim_node_parameters_are_honest(processes, ros_context):
+    """Every parameter has a value (GetParameters answers all at once), numbers have a range,
+    load-time ones refuse live changes with a reason, and object poses are published."""
+    from geometry_msgs.msg import PoseArray
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters, SetParameters
+    from std_msgs.msg import String
+
+    from openvla_ros.nodes.common import latched_qos
+
+    processes.start('openvla_ros.nodes.sim_node', '--ros-args', '-p', 'image_width:=64', '-p', 'image_height:=48',
+                    '-p', 'camera_rate_hz:=2.0')
+    node = rclpy.create_node('sim_param_probe', context=ros_context)
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(node)
+    poses, names = [], []
+    node.create_subscription(PoseArray, '/sim_node/object_poses', poses.append, 10)
+    node.create_subscription(String, '/sim_node/object_names', names.append, latched_qos())
+
+    def call(srv_type, name, request):
+        client = node.create_client(srv_type, f'/sim_node/{name}')
+        assert spin_until(ex, client.service_is_ready, 30.0), name
+        fut = client.call_async(request)
+        assert spin_until(ex, fut.done, 30.0), name
+        return fut.result()
+
+    try:
+        listed = call(ListParameters, 'list_parameters', ListParameters.Request()).result.names
+        own = [n for n in listed if n != 'use_sim_time' and not n.startswith('qos_overrides')]
+        assert 'start_joint_positions' in own and 'seed' in own
+        values = call(GetParameters, 'get_parameters', GetParameters.Request(names=own)).values
+        assert len(values) == len(own)
+        assert all(v.type != ParameterType.PARAMETER_NOT_SET for v in values)
+        descriptors = call(DescribeParameters, 'describe_parameters', DescribeParameters.Request(names=own)).descriptors
+        for d, v in zip(descriptors, values):
+            if v.type in (ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_INTEGER):
+                assert d.floating_point_range or d.integer_range, f'{d.name} has no range'
+            assert d.read_only == (d.name != 'seed'), d.name
+        bad = [ParameterMsg(name='real_time_factor',
+                            value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=-5.0)),
+               ParameterMsg(name='seed', value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=-7)),
+               ParameterMsg(name='seed', value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=4))]
+        results = call(SetParameters, 'set_parameters', SetParameters.Request(parameters=bad)).results
+        assert not results[0].successful and results[0].reason
+        assert not results[1].successful and results[2].successful
+        assert spin_until(ex, lambda: poses and names, 30.0)
+        assert len(poses[-1].poses) == len(names[-1].data.split(',')) == 4
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+    assert processes.stop() == {'sim_node': 0}
+
+
+def test_sim_node_refuses_out_of_range_parameters(processes):
+    proc = processes.start('openvla_ros.nodes.sim_node', '--ros-args', '-p', 'real_time_factor:=-5.0')
+    assert proc.wait(30) == 2
+    assert 'real_time_factor' in processes.log('sim_node')

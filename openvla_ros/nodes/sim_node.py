@@ -19,17 +19,20 @@ import sys
 import time
 
 from builtin_interfaces.msg import Time
-from rcl_interfaces.msg import ParameterDescriptor
+from geometry_msgs.msg import Pose as PoseMsg
+from geometry_msgs.msg import PoseArray
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from openvla_ros import defaults
 from openvla_ros.imaging import rgb_to_image_fields
-from openvla_ros.nodes.common import OK, WARN, DiagnosticsPublisher, reliable_qos, run_node
+from openvla_ros.nodes.common import OK, WARN, DiagnosticsPublisher, latched_qos, reliable_qos, run_node
 from openvla_ros.stamps import s_to_sec_nanosec, stamp_to_s
 from openvla_ros.sim import CAMERA_NAME, TrajectoryError, WorkcellSim
 from openvla_ros.sim.workcell import embodiment_start_positions
@@ -42,6 +45,8 @@ FREE_RUN_CHUNK_S = 0.05
 STATS_PERIOD_S = 1.0          # /diagnostics period (wall)
 STATS_LOG_EVERY = 5           # ... and a log line every this many periods
 WARN_THROTTLE_S = 2.0
+# Frame of ~/object_poses without an embodiment: the workcell's world, where the arm base stands.
+WORLD_FRAME_ID = 'world'
 
 
 def _stamp(t_s: float) -> Time:
@@ -54,22 +59,30 @@ class SimNode(Node):
         super().__init__(defaults.SIM_NODE)
         p = self._declare
         self.real_time_factor = p('real_time_factor', 1.0,
-                                  'sim seconds per wall second; >1 faster than real time, 0 = as fast as possible')
-        self.camera_rate_hz = p('camera_rate_hz', 10.0, 'camera images per sim second (0 = no camera)')
-        self.joint_state_rate_hz = p('joint_state_rate_hz', 50.0, 'joint states per sim second')
-        self.clock_rate_hz = p('clock_rate_hz', 100.0, 'physics ticks and /clock messages per wall second')
-        self.image_width = p('image_width', 640, 'camera image width, pixels')
-        self.image_height = p('image_height', 480, 'camera image height, pixels')
+                                  'sim seconds per wall second; >1 faster than real time, 0 = as fast as possible',
+                                  (0.0, 100.0))
+        self.camera_rate_hz = p('camera_rate_hz', 10.0, 'camera images per sim second (0 = no camera)', (0.0, 1000.0))
+        self.joint_state_rate_hz = p('joint_state_rate_hz', 50.0, 'joint states per sim second', (0.0, 1000.0))
+        self.clock_rate_hz = p('clock_rate_hz', 100.0, 'physics ticks and /clock messages per wall second',
+                               (1.0, 1000.0))
+        self.image_width = p('image_width', 640, 'camera image width, pixels', (16, 4096))
+        self.image_height = p('image_height', 480, 'camera image height, pixels', (16, 4096))
         self.camera_name = p('camera_name', CAMERA_NAME, 'MJCF camera rendered to the image topic')
         self.camera_frame_id = p('camera_frame_id', 'over_shoulder_camera', 'frame_id of the images')
         self.model_path = p('model_path', '', 'MJCF workcell file ("" = the package workcell)')
+        # An empty list is declared with dynamic typing: rclpy would type it as a byte array and
+        # then refuse a double-array override (and a parameter without a value empties every
+        # GetParameters answer that names it).
         self.start_joint_positions = p(
-            'start_joint_positions', Parameter.Type.DOUBLE_ARRAY, 'start positions of the commandable '
-            'joints in model order (arm joints in rad, then left_finger in m); unset = the home keyframe')
+            'start_joint_positions', [], 'start positions of the commandable joints in model order (arm joints '
+            'in rad, then left_finger in m); [] = the home keyframe', dynamic=True)
         self.embodiment = p('embodiment', '', 'embodiment config whose start pose (reached by its IK, gripper '
                             'open) the arm starts at; "" = the home keyframe; start_joint_positions wins')
-        self.seed = p('seed', -1, 'object randomisation seed for start and ~/reset; -1 = nominal poses')
-
+        self.seed = p('seed', -1, 'object randomisation seed for start and ~/reset; -1 = nominal poses '
+                      '(live: applies to the next ~/reset)', (-1, 2**31 - 1), read_only=False)
+        self.publish_object_poses = p('publish_object_poses', True,
+                                      'publish ~/object_poses (geometry_msgs/PoseArray, one pose per object '
+                                      'in ~/object_names order, base frame) with every joint state')
         for name, value in (('camera_rate_hz', self.camera_rate_hz), ('joint_state_rate_hz', self.joint_state_rate_hz)):
             if value < 0:
                 raise ValueError(f'{name} must be >= 0, got {value}')
@@ -80,6 +93,10 @@ class SimNode(Node):
         self._start_positions = (self._parse_start_positions(self.start_joint_positions)
                                  or self._embodiment_start_positions(self.embodiment))
         self.sim.reset(seed=self.seed, joint_positions=self._start_positions)
+        self._frame_id = WORLD_FRAME_ID
+        if self.embodiment:
+            from openvla_ros.control.embodiment import load_embodiment
+            self._frame_id = load_embodiment(self.embodiment).base_frame_id
 
         self.image_pub = self.create_publisher(Image, defaults.relative(defaults.CAMERA_TOPIC), reliable_qos(1))
         self.joint_state_pub = self.create_publisher(JointState, defaults.relative(defaults.JOINT_STATES_TOPIC),
@@ -88,6 +105,12 @@ class SimNode(Node):
         self.create_subscription(JointTrajectory, defaults.relative(defaults.JOINT_TRAJECTORY_TOPIC), self._on_trajectory,
                                  reliable_qos(10))
         self.create_service(Trigger, '~/reset', self._on_reset)
+        self.object_pose_pub = None
+        if self.publish_object_poses:
+            self.object_pose_pub = self.create_publisher(PoseArray, '~/object_poses', reliable_qos(10))
+            names = self.create_publisher(String, '~/object_names', latched_qos())
+            names.publish(String(data=','.join(self.sim.object_names)))
+            self._object_names_pub = names
 
         self._next_camera_s = 0.0
         self._next_joint_state_s = 0.0
@@ -107,13 +130,29 @@ class SimNode(Node):
             f'{list(self.sim.object_names)}, camera {self.camera_name} {self.image_width}x{self.image_height} '
             f'@ {self.camera_rate_hz} Hz, real_time_factor {self.real_time_factor}')
 
-    def _declare(self, name, default, description):
-        return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+    def _declare(self, name, default, description, value_range=None, read_only=True, dynamic=False):
+        """Every parameter has a value; numbers have a range; all but ``seed`` are read at start
+        (read_only: a live change is refused with a reason instead of being accepted and ignored)."""
+        d = ParameterDescriptor(description=description if not read_only else f'{description} (read at start)',
+                                read_only=read_only, dynamic_typing=dynamic)
+        if value_range is not None:
+            lo, hi = value_range
+            if isinstance(default, float):
+                d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi))]
+            else:
+                d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        try:
+            return self.declare_parameter(name, default, d).value
+        except ParameterException as exc:
+            raise ValueError(f'parameter {name}: {exc}') from None
 
     def _parse_start_positions(self, values) -> dict[str, float] | None:
-        if not values:
+        if values is None or len(values) == 0:
             return None
-        values = list(values)
+        if isinstance(values, (str, bytes)) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       for v in values):
+            raise ValueError(f'start_joint_positions must be a list of numbers, got {values!r}')
+        values = [float(v) for v in values]
         names = self.sim.command_joint_names
         if len(values) != len(names):
             raise ValueError(f'start_joint_positions needs {len(names)} values ({list(names)}), got {len(values)}')
@@ -174,6 +213,17 @@ class SimNode(Node):
         msg.velocity = self.sim.joint_velocities().tolist()
         msg.effort = self.sim.joint_efforts().tolist()
         self.joint_state_pub.publish(msg)
+        if self.object_pose_pub is not None:
+            poses = PoseArray()
+            poses.header.stamp = msg.header.stamp
+            poses.header.frame_id = self._frame_id
+            for name in self.sim.object_names:
+                pose = self.sim.object_pose(name)
+                m = PoseMsg()
+                m.position.x, m.position.y, m.position.z = (float(v) for v in pose.position)
+                m.orientation.x, m.orientation.y, m.orientation.z, m.orientation.w = (float(v) for v in pose.quat_xyzw())
+                poses.poses.append(m)
+            self.object_pose_pub.publish(poses)
 
     def _publish_image(self) -> None:
         t0 = time.perf_counter()
@@ -236,7 +286,9 @@ class SimNode(Node):
         return response
 
     def destroy_node(self):
-        self.sim.close()
+        # also called by the context shutdown on a node whose constructor failed before the sim
+        if getattr(self, 'sim', None) is not None:
+            self.sim.close()
         return super().destroy_node()
 
 
