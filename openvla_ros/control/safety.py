@@ -117,6 +117,7 @@ class Command:
 class Refusal:
     reason: str
     active_limits: tuple[str, ...] = ()
+    pending: bool = False        # not refused: kept as the newest pending action (rate / blocking)
 
 
 @dataclass
@@ -348,7 +349,7 @@ class SafetyController:
             if self._pending is not None:
                 self.counters.dropped_while_busy += 1
             self._pending = action
-            return Refusal(f'{waiting}; action kept as the newest pending')
+            return Refusal(f'{waiting}; action kept as the newest pending', pending=True)
         return self._execute(action, now_s, steady_s)
 
     def _wait_reason(self, now_s: float) -> str:

@@ -369,7 +369,7 @@ class ArmControllerNode(LifecycleNode):
                 self._twist_until_s = -1.0
                 self.get_logger().info(f'hold: {result.reason}')
             self._publish_command(result)
-        elif isinstance(result, Refusal):
+        elif isinstance(result, Refusal) and not result.pending:
             self.get_logger().warning(f'action refused: {result.reason}', throttle_duration_sec=2.0)
         self._publish_status()
 
