@@ -48,9 +48,10 @@ from pathlib import Path
 
 import numpy as np
 
+from openvla_ros.action_layout import ROTATION_SLICE
 from openvla_ros.control.delta import InvalidActionError, apply_bridge_delta, validate_action
 from openvla_ros.control.embodiment import Embodiment
-from openvla_ros.control.geometry import Pose, rotation_vector
+from openvla_ros.control.geometry import Pose, delta_to_twist
 from openvla_ros.control.kinematics import ArmKinematics
 
 JOINT_SPEED_LIMIT = 'joint_speed_limit'
@@ -411,12 +412,13 @@ class SafetyController:
         reason = ', '.join(limits)
         self._event(reason, tuple(limits))
         g = e.gripper
+        # the twist carries out the delta actually commanded (after the workspace clip)
+        linear, angular = delta_to_twist(result.target.position - previous.position,
+                                         result.clipped_action[ROTATION_SLICE], e.control_period_s)
         return Command(target=result.target, gripper=result.gripper,
                        gripper_position_m=None if g is None else g.position_m(result.gripper),
                        joint_positions=joints, duration_s=duration,
-                       linear_velocity_m_s=(result.target.position - previous.position) / e.control_period_s,
-                       angular_velocity_rad_s=rotation_vector(result.target.rotation @ previous.rotation.T)
-                       / e.control_period_s,
+                       linear_velocity_m_s=linear, angular_velocity_rad_s=angular,
                        reason=reason, active_limits=tuple(limits))
 
     def goal_reached(self) -> bool:
