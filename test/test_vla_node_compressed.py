@@ -89,3 +89,30 @@ def test_corrupt_compressed_frame_is_rejected_and_never_acted_on(compressed_node
     ok = _publish_compressed(h, pub, good)
     assert h.wait(lambda: any(_ns(m.header.stamp) == ok for _, m in h.actions), WAIT_S), h.latest_status()
     assert not any(_ns(m.header.stamp) == bad for _, m in h.actions)
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A small real JPEG whose SOF0 header is patched to claim ``width`` x ``height``."""
+    ok, buf = cv2.imencode('.jpg', np.full((16, 16, 3), 90, np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 50])
+    assert ok
+    data = bytearray(buf.tobytes())
+    sof = data.find(b'\xff\xc0')
+    assert sof > 0, 'baseline JPEG without SOF0'
+    # FFC0, length (2), precision (1), height (2), width (2)
+    data[sof + 5:sof + 7] = height.to_bytes(2, 'big')
+    data[sof + 7:sof + 9] = width.to_bytes(2, 'big')
+    return bytes(data)
+
+
+def test_jpeg_bomb_header_is_rejected_and_the_node_survives(compressed_node):
+    h, pub = compressed_node
+    h.instruct(INSTRUCTION)
+    h.wait_status(lambda s: s.instruction == INSTRUCTION)
+    before = h.wait_status(lambda s: True).frames_rejected
+    bomb = _jpeg_claiming(65500, 65500)
+    assert len(bomb) < 1000
+    bad = [_publish_compressed(h, pub, bomb, 'jpeg') for _ in range(3)]
+    h.wait_status(lambda s: s.frames_rejected >= before + 3)
+    ok = _publish_compressed(h, pub, _png(_scenes(1, 48, 64, seed=16)[0]))
+    assert h.wait(lambda: any(_ns(m.header.stamp) == ok for _, m in h.actions), WAIT_S), h.latest_status()
+    assert not any(_ns(m.header.stamp) in bad for _, m in h.actions)
