@@ -162,3 +162,75 @@ def test_parameters_are_applied_live_or_refused(rig):
     assert not r.successful
     assert set_param('max_joint_speed_rad_s', 1.0).successful
     assert set_param('max_joint_speed_rad_s', 1.5).successful      # back up to the file's value
+
+
+def test_a_latch_file_keeps_the_estop_across_a_restart(ros_context, start_q, tmp_path):
+    latch = tmp_path / 'estop.latch'
+    first = Rig(ros_context, 'widowx_250s_bridge', start_enabled=True, estop_latch_file=str(latch))
+    try:
+        first.start()
+        pub = first.client.create_publisher(Bool, defaults.ESTOP_TOPIC, 10)
+        assert first.wait(lambda: pub.get_subscription_count() > 0)
+        assert _latch_with(first, pub, True)
+        assert latch.exists()
+    finally:
+        first.close()
+    restarted = Rig(ros_context, 'widowx_250s_bridge', start_enabled=True, estop_latch_file=str(latch))
+    try:
+        restarted.start()
+        assert restarted.wait(lambda: restarted.statuses and restarted.statuses[-1].estop_latched)
+        assert not restarted.call(restarted.enable_cli, SetBool.Request(data=True)).success
+        assert restarted.wait(lambda: restarted.call(restarted.reset_estop_cli, Trigger.Request()).success)
+        assert not latch.exists()
+    finally:
+        restarted.close()
+
+
+def test_launch_parameters_beyond_the_hard_limits_fail_configure(ros_context):
+    rig = Rig(ros_context, 'widowx_250s_bridge', workspace_high_m=[1e9, 1e9, 1e9])
+    try:
+        assert rig.node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert rig.wait(lambda: rig.statuses and 'hard limit' in rig.statuses[-1].last_event)
+    finally:
+        rig.close()
+
+
+def test_random_lifecycle_enable_estop_sequences_never_move_after_an_estop(rig, start_q):
+    """A seeded random walk over lifecycle transitions, enable, e-stops under every QoS and
+    resets: after an e-stop, no trajectory leaves the measured joints until reset_estop."""
+    e, _, q = start_q
+    rng = np.random.default_rng(16)
+    assert rig.connected()
+    rig.publish_joints(e.arm_joints, q)
+    pubs = [rig.client.create_publisher(Bool, defaults.ESTOP_TOPIC, QoSProfile(
+        depth=1, history=HistoryPolicy.KEEP_LAST, reliability=r, durability=d)) for r, d in QOS_COMBINATIONS]
+    assert rig.wait(lambda: all(p.get_subscription_count() > 0 for p in pubs))
+    node = rig.node
+    active = True
+    latched = False
+    for step in rng.choice(['estop', 'reset', 'enable', 'cycle', 'action', 'action'], size=14):
+        if step == 'estop':
+            pub = pubs[rng.integers(len(pubs))]
+            assert _latch_with(rig, pub, True)
+            pub.publish(Bool(data=False))
+            latched = True
+            mark = len(rig.trajectories)
+        elif step == 'reset':
+            if active and rig.wait(lambda: rig.call(rig.reset_estop_cli, Trigger.Request()).success, 5.0):
+                latched = False
+        elif step == 'enable':
+            ok = rig.call(rig.enable_cli, SetBool.Request(data=True)).success
+            assert not (ok and latched)
+        elif step == 'cycle':
+            for t in (node.trigger_deactivate, node.trigger_cleanup, node.trigger_configure, node.trigger_activate):
+                assert t() == TransitionCallbackReturn.SUCCESS
+            assert rig.connected()
+            rig.call(rig.enable_cli, SetBool.Request(data=True))
+        else:
+            n = rig.statuses[-1].actions_received
+            rig.send_action([0.01, 0, 0, 0, 0, 0, 1.0])
+            assert rig.wait(lambda: rig.statuses[-1].actions_received > n or rig.statuses[-1].actions_received < n)
+        if latched:
+            rig.wait(lambda: False, timeout_s=0.1)
+            assert rig.statuses[-1].estop_latched
+            assert all(np.allclose(t.points[0].positions[:6], q, atol=1e-9) for t in rig.trajectories[mark:])
