@@ -125,12 +125,12 @@ class LoopRecorder:
 
     # ---------------------------------------------------------------- actions
     def spin_until(self, predicate, timeout_s: float, step_s: float = 0.02) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
+        from openvla_ros.nodes.common import wait_for
+
+        def spun() -> bool:
             self.executor.spin_once(timeout_sec=step_s)
-        return bool(predicate())
+            return predicate()
+        return predicate() or wait_for(spun, timeout_s, step_s=0.0)
 
     def spin_for(self, duration_s: float, stop: threading.Event | None = None) -> None:
         self.spin_until(lambda: stop is not None and stop.is_set(), duration_s)
@@ -278,7 +278,7 @@ def write_report(out: Path, rec: Recording, summary: dict,
         js = [(s, j[g.joint]) for s, j in rec.joint_states if g.joint in j]
         if js:
             # Finger position mapped back to gripper units through the controller's mapping.
-            opening = (np.array([v for _, v in js]) - g.closed_position_m) / (g.open_position_m - g.closed_position_m)
+            opening = np.array([g.command_from_position_m(v) for _, v in js])
             axes[3].plot(np.array([s for s, _ in js]) - t0, opening, label=f'measured {g.joint} (1 = open)')
     axes[3].set_ylabel('gripper'); axes[3].set_xlabel('sim time [s]')
     for ax in axes:
@@ -299,20 +299,8 @@ def write_report(out: Path, rec: Recording, summary: dict,
 
 
 def _write_video(out: Path, frames: list, fps: float) -> Path:
-    import imageio.v3 as iio
-    images = [f for _, f in frames]
-    try:
-        import imageio_ffmpeg  # noqa: F401  (the MP4 writer's backend)
-        path = out / 'camera.mp4'
-        iio.imwrite(path, np.stack(images), fps=fps, codec='libx264')
-        return path
-    except ImportError:
-        pass
-    # GIF: at most ~5 frames per second keeps the file small.
-    step = max(1, int(round(fps / 5.0)))
-    path = out / 'camera.gif'
-    iio.imwrite(path, np.stack(images[::step]), duration=1000.0 * step / fps, loop=0)
-    return path
+    from openvla_ros.evaluation.report import write_video
+    return write_video(out / 'camera', [f for _, f in frames], fps)
 
 
 def _fmt(v, unit='', scale=1.0, digits=3) -> str:
