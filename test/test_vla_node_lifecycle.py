@@ -131,6 +131,33 @@ class TestLifecycleAndSlowModel:
         assert s.frames_dropped > 0 and s.frames_rejected == 0 and s.inference_errors == 0
         assert s.latency_p50_s >= 0.3
 
+    def test_rapid_deactivate_activate_never_doubles_the_worker(self, node_b):
+        """With a 0.3 s model, deactivate and activate while a forward pass runs: one worker at a
+        time (two would publish faster than one every 0.3 s, and with repeated sequence numbers),
+        and the worker runs again after the last activate."""
+        h, _ = node_b
+        _ensure_active(h)
+        h.wait_subscribed(h.image_pub)
+        _reset(h)
+        h.instruct('turn the knob')
+        h.wait_status(lambda s: s.instruction == 'turn the knob')
+        scenes = _scenes(2, seed=21)
+        h.stream(scenes, 30.0, until=lambda: len(h.actions) >= 1)
+        for _ in range(4):
+            h.publish_image(scenes[0])
+            h.spin(0.1)                     # a forward pass is under way
+            assert h.transition(Transition.TRANSITION_DEACTIVATE)
+            assert h.transition(Transition.TRANSITION_ACTIVATE)
+        h.actions.clear()
+        h.stream(scenes, 30.0, until=lambda: len(h.actions) >= 6, timeout_s=30.0)
+        assert len(h.actions) >= 6, h.latest_status()
+        # Publish times on the node side: stamp + image age + latency is when the action was ready.
+        done = sorted(_ns(m.header.stamp) * 1e-9 + m.image_age_s + m.inference_latency_s for _, m in h.actions)
+        gaps = [b - a for a, b in zip(done, done[1:])]
+        assert min(gaps) >= 0.3 - 0.05, gaps
+        seqs = [m.sequence for _, m in h.actions]
+        assert seqs == sorted(set(seqs)), seqs
+
     def test_qos_mismatch_is_reported(self, node_b):
         h, _ = node_b
         _ensure_active(h)
