@@ -25,7 +25,7 @@ def fixture_cases(parity_dir):
 
 @pytest.fixture(scope='module')
 def policies(parity_dir):
-    plain = load_policy(parity_dir / 'checkpoint', PolicyOptions(dtype='float32'))
+    plain = load_policy(parity_dir / 'checkpoint', PolicyOptions(dtype='float32', speculative=False))
     spec = load_policy(parity_dir / 'checkpoint', PolicyOptions(dtype='float32', speculative=True))
     yield plain, spec
     plain.close()

@@ -94,7 +94,7 @@ class PolicyOptions:
                               range=(0, 1024))
     compile: bool = option(False, 'torch.compile the static-shape decode step (CUDA graphs on '
                            'CUDA; slow first calls)')
-    speculative: bool = option(False, 'speculative decoding with the previous action as the draft '
+    speculative: bool = option(True, 'speculative decoding with the previous action as the draft '
                                '(same tokens as plain greedy decoding, fewer forward passes when '
                                'consecutive actions repeat)')
 
