@@ -299,11 +299,13 @@ def test_debug_image_shows_the_model_input(node_a):
     h.wait_status(lambda s: s.instruction == 'open the drawer')
     h.debug_images.clear()
     h.actions.clear()
-    sent = h.stream(_scenes(3, seed=1), 30.0, until=lambda: len(h.debug_images) >= 2)
-    assert h.debug_images, f'no debug image ({len(h.actions)} actions meanwhile; {h.latest_status()})'
-    img = h.debug_images[-1]
+    # One debug image from a frame of the previous test may still be in flight.
+    sent = h.stream(_scenes(3, seed=1), 30.0, until=lambda: len(h.debug_images) >= 3)
+    ours = [img for img in h.debug_images if _ns(img.header.stamp) in sent]
+    assert ours, f'no debug image ({len(h.actions)} actions meanwhile; {h.latest_status()})'
+    img = ours[-1]
     assert (img.width, img.height, img.encoding) == (224, 224, 'rgb8')
-    assert _ns(img.header.stamp) in sent and img.header.frame_id == 'camera'
+    assert img.header.frame_id == 'camera'
 
 
 def test_every_supported_encoding_gives_an_action(node_a):
@@ -498,13 +500,14 @@ def test_rate_limit_in_sim_time_with_the_simulator_at_0_3x(node_a):
         while len(h.actions) < 9 and time.monotonic() < deadline:
             h.publish_image(scenes[0], stamp_ns=sim_ns())
             h.spin(0.05)
-        stamps = np.array(sorted(_ns(m.header.stamp) for _, m in h.actions)) * 1e-9
-        assert len(stamps) >= 9, f'{len(stamps)} actions; {h.latest_status()}'
-        gaps = np.diff(stamps[1:])     # the first may come from before the rate was set
-        rate = len(gaps) / (stamps[-1] - stamps[1])
-        # Frames are 0.05 s real = 0.015 s sim apart: a stamp is at most that before its start.
-        assert gaps.min() >= 0.2 - 0.02, gaps
-        assert 3.0 <= rate <= 5.2, (rate, gaps)
+        # Inference start in sim time: the image stamp plus its age at the start (node clock).
+        starts = np.array(sorted(_ns(m.header.stamp) * 1e-9 + m.image_age_s for _, m in h.actions))
+        assert len(starts) >= 9, f'{len(starts)} actions; {h.latest_status()}'
+        gaps = np.diff(starts[1:])     # the first may come from before the rate was set
+        rate = len(gaps) / (starts[-1] - starts[1])
+        # Paced in real time, starts would be 0.2 s real = 0.06 s of sim time apart.
+        assert gaps.min() >= 0.2 - 1e-3, gaps
+        assert 3.0 <= rate <= 5.0 + 1e-6, (rate, gaps)
     finally:
         assert h.set_param('max_rate_hz', 0.0).successful
         assert h.set_param('use_sim_time', False).successful

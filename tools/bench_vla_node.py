@@ -10,6 +10,7 @@ action received computes, from the image stamp (wall clock) and the action's own
   after_model = end_to_end - wait - model (building and publishing the action + DDS to the receiver)
 
     python tools/bench_vla_node.py [--checkpoint DIR] [--rate-hz 30] [--seconds 20] [--json]
+    python tools/bench_vla_node.py --core [--json]   # VlaCore alone: the node logic per frame, no DDS
 """
 from __future__ import annotations
 
@@ -31,7 +32,42 @@ from openvla_ros import defaults, runtime_env  # noqa: E402
 runtime_env.apply()
 
 
+def bench_core(n: int = 20000) -> dict:
+    """Cost of the node's own logic per inference cycle (offer a frame, take the job, publish under
+    the lock), and per status derivation, with a steady clock and no model or DDS."""
+    import threading
+
+    from openvla_ros.nodes.vla_core import VlaCore
+
+    core = VlaCore(time.monotonic_ns, time.monotonic, max_image_age_s=0.0)
+    core.set_configured(True)
+    core.set_active(True)
+    core.set_instruction('pick up the cup')
+    stop = threading.Event()
+    rgb = np.zeros((480, 640, 3), np.uint8)
+    tokens = list(range(7))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        core.offer_frame(rgb, None, time.monotonic_ns(), time.monotonic_ns())
+        job = core.next_job(stop)
+        core.publish_if_current(job, tokens, 0.0, lambda seq: None)
+    cycle = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for _ in range(n):
+        core.state()
+        core.rates()
+    status = (time.perf_counter() - t0) / n
+    return {'cycles': n, 'cycle_us': cycle * 1e6, 'status_us': status * 1e6}
+
+
 def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if '--core' in argv:
+        report = bench_core()
+        print(json.dumps(report, indent=2) if '--json' in argv else
+              '\n'.join(f'{k:>12}: {v:.2f}' if isinstance(v, float) else f'{k:>12}: {v}' for k, v in report.items()))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--checkpoint', type=Path, help='checkpoint directory (default: a fresh tiny one)')
     ap.add_argument('--rate-hz', type=float, default=30.0)
@@ -39,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument('--width', type=int, default=640)
     ap.add_argument('--height', type=int, default=480)
     ap.add_argument('--json', action='store_true')
+    ap.add_argument('--core', action='store_true', help='measure VlaCore alone (no node, no DDS)')
     args = ap.parse_args(argv)
 
     import rclpy
