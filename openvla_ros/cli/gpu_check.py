@@ -286,6 +286,21 @@ def markdown(report: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _write(args, env: dict, results: list[dict], start: float) -> str:
+    reference = next((r['tokens'] for r in results if r['mode'] == 'eager' and r.get('ok')), None)
+    for r in results:
+        if r.get('ok') and 'tokens' in r:
+            r['agreement'] = _agreement(reference, r['tokens'])
+    report = {'device': args.device, 'preset': args.preset, 'iterations': args.iterations,
+              'frames': args.frames, 'budget_s': args.budget_s, 'environment': env,
+              'modes': results, 'elapsed_s': time.monotonic() - start}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / 'gpu_check.json').write_text(json.dumps(report, indent=1))
+    table = markdown(report)
+    (args.out / 'gpu_check.md').write_text(table)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog='gpu_check', description=__doc__.split('\n')[0])
     p.add_argument('--device', default='cuda')
@@ -327,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = args.modes or [*MODES, 'server']
     if 'eager' in modes:   # the reference comes first
         modes = ['eager'] + [m for m in modes if m != 'eager']
-    results = []
+    results: list[dict] = []
+    table = _write(args, env, results, start)
     floor = MIN_MODE_S['cuda' if cuda else 'cpu']
     for mode in modes:
         left = args.budget_s - (time.monotonic() - start)
@@ -342,17 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
         status = 'ok' if result.get('ok') else f"FAILED: {result.get('error')}"
         print(f'gpu_check: {mode}: {status} ({result["wall_s"]:.0f} s)', flush=True)
-    reference = next((r['tokens'] for r in results if r['mode'] == 'eager' and r.get('ok')), None)
-    for r in results:
-        if r.get('ok') and 'tokens' in r:
-            r['agreement'] = _agreement(reference, r['tokens'])
-    report = {'device': args.device, 'preset': args.preset, 'iterations': args.iterations,
-              'frames': args.frames, 'budget_s': args.budget_s, 'environment': env,
-              'modes': results, 'elapsed_s': time.monotonic() - start}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / 'gpu_check.json').write_text(json.dumps(report, indent=1))
-    table = markdown(report)
-    (args.out / 'gpu_check.md').write_text(table)
+        # written after every mode: an outer timeout still leaves what was measured
+        table = _write(args, env, results, start)
     print(table)
     print(f'gpu_check: wrote {args.out / "gpu_check.json"} and {args.out / "gpu_check.md"}')
     return 0 if any(r.get('ok') for r in results) else 1
