@@ -53,3 +53,30 @@ def test_bad_input_is_one_clear_error(tmp_path, capsys, argv, message):
 def test_held_out_seeds_above_training_pass(tmp_path):
     assert main(['--policy', 'expert', '--tasks', 'reach_red_block', '--episodes', '1', '--seed', '300',
                  '--held-out', '--training-seeds', '0-299', '--no-video', '--output', str(tmp_path / 'ok')]) == 0
+
+
+def test_checkpoint_with_an_unknown_unnorm_key_is_refused(tmp_path, tiny_checkpoint, capsys):
+    assert main(['--checkpoint', str(tiny_checkpoint), '--unnorm-key', 'no_such_robot', '--episodes', '1',
+                 '--output', str(tmp_path / 'x')]) == 2
+    err = capsys.readouterr().err
+    assert "'no_such_robot' is not in the checkpoint" in err and 'bridge_orig' in err
+
+
+@pytest.mark.slow
+def test_tiny_model_and_its_shuffled_control_ci_sized(tmp_path, tiny_checkpoint):
+    """2 tasks x 3 episodes of a real (untrained) OpenVLA policy, and the same policy given the
+    other task's instruction: deterministic, so a second run gives the same records."""
+    out = tmp_path / 'run'
+    argv = ['--checkpoint', str(tiny_checkpoint), '--policy', 'model', 'shuffled', '--tasks',
+            'reach_red_block,reach_green_can', '--episodes', '3', '--max-steps', '8', '--image-width', '96',
+            '--image-height', '96', '--no-video']
+    assert main(argv + ['--output', str(out)]) == 0
+    rows = load_episodes(out)
+    assert len(rows) == 12 and {r['policy'] for r in rows} == {'model', 'shuffled'}
+    assert all(r['steps'] >= 1 and r['reason'] in ('success', 'max_steps') for r in rows)
+    shuffled = [r for r in rows if r['policy'] == 'shuffled']
+    assert all(r['instruction'] != 'reach the red block' for r in shuffled if r['task'] == 'reach_red_block')
+    assert main(argv + ['--output', str(tmp_path / 'again')]) == 0
+    keep = ('policy', 'task', 'seed', 'instruction', 'success', 'steps', 'reason', 'refused_actions', 'sim_time_s')
+    assert [{k: r[k] for k in keep} for r in load_episodes(tmp_path / 'again')] == [{k: r[k] for k in keep}
+                                                                                   for r in rows]
