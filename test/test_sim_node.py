@@ -174,3 +174,43 @@ def test_sim_node_refuses_out_of_range_parameters(processes):
     proc = processes.start('openvla_ros.nodes.sim_node', '--ros-args', '-p', 'real_time_factor:=-5.0')
     assert proc.wait(30) == 2
     assert 'real_time_factor' in processes.log('sim_node')
+
+
+def test_sim_node_lockstep_advances_one_period_per_command(processes, ros_context):
+    """lockstep:=true: sim time stands still until a trajectory (or ~/step) arrives, then moves by
+    exactly lockstep_period_s, and the image of the new state follows."""
+    processes.start('openvla_ros.nodes.sim_node', '--ros-args', '-p', 'lockstep:=true', '-p', 'image_width:=64',
+                    '-p', 'image_height:=48', '-p', 'lockstep_period_s:=0.2')
+    node = rclpy.create_node('sim_lockstep_probe', context=ros_context)
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(node)
+    clocks, images, joints = [], [], []
+    node.create_subscription(Clock, defaults.CLOCK_TOPIC, clocks.append, 10)
+    node.create_subscription(Image, defaults.CAMERA_TOPIC, images.append, qos_profile_sensor_data)
+    node.create_subscription(JointState, defaults.JOINT_STATES_TOPIC, joints.append, qos_profile_sensor_data)
+    pub = node.create_publisher(JointTrajectory, defaults.JOINT_TRAJECTORY_TOPIC, 10)
+    step = node.create_client(Trigger, '/sim_node/step')
+    try:
+        assert spin_until(ex, lambda: images and len(clocks) >= 5 and joints, 60.0)
+        assert _t(images[0].header.stamp) == 0.0
+        assert {_t(c.clock) for c in clocks} == {0.0}, 'physics must be paused between steps'
+        assert spin_until(ex, step.service_is_ready, 30.0)
+        fut = step.call_async(Trigger.Request())
+        assert spin_until(ex, lambda: fut.done() and len(images) >= 2, 30.0)
+        assert _t(images[-1].header.stamp) == pytest.approx(0.2, abs=1e-9)
+        names = [n for n in joints[-1].name if n != 'right_finger']
+        positions = dict(zip(joints[-1].name, joints[-1].position))
+        target = [positions[n] + (0.1 if n == 'waist' else 0.0) for n in names]
+        assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 30.0)
+        pub.publish(_trajectory(names, target, 0.2))
+        assert spin_until(ex, lambda: len(images) >= 3, 30.0)
+        assert _t(images[-1].header.stamp) == pytest.approx(0.4, abs=1e-9)
+        seen = len(clocks)
+        assert spin_until(ex, lambda: len(clocks) >= seen + 3, 30.0)
+        assert max(_t(c.clock) for c in clocks) == pytest.approx(0.4, abs=1e-9)
+        after = [j for j in joints if _t(j.header.stamp) == pytest.approx(0.4, abs=1e-9)]
+        assert after and dict(zip(after[-1].name, after[-1].position))['waist'] > positions['waist'] + 0.05
+    finally:
+        ex.shutdown()
+        node.destroy_node()
+    assert processes.stop() == {'sim_node': 0}

@@ -42,6 +42,7 @@ from openvla_ros.sim.workcell import embodiment_start_positions
 MAX_CATCH_UP_S = 0.25
 # Sim time advanced per tick when running as fast as possible (real_time_factor = 0).
 FREE_RUN_CHUNK_S = 0.05
+LOCKSTEP_IDLE_PERIOD_S = 0.1  # wall period of the re-published state while paused in lockstep
 STATS_PERIOD_S = 1.0          # /diagnostics period (wall)
 STATS_LOG_EVERY = 5           # ... and a log line every this many periods
 WARN_THROTTLE_S = 2.0
@@ -80,6 +81,12 @@ class SimNode(Node):
                             'open) the arm starts at; "" = the home keyframe; start_joint_positions wins')
         self.seed = p('seed', -1, 'object randomisation seed for start and ~/reset; -1 = nominal poses '
                       '(live: applies to the next ~/reset)', (-1, 2**31 - 1), read_only=False)
+        self.lockstep = p('lockstep', False, 'gym env.step timing: each received joint trajectory (or ~/step call) '
+                          'advances exactly lockstep_period_s of sim time, then the camera image of the new '
+                          'state is published; physics is paused in between (real_time_factor and '
+                          'camera_rate_hz are not used)')
+        self.lockstep_period_s = p('lockstep_period_s', 0.2, 'sim time per lockstep step (the control period), s',
+                                   (0.001, 10.0))
         self.publish_object_poses = p('publish_object_poses', True,
                                       'publish ~/object_poses (geometry_msgs/PoseArray, one pose per object '
                                       'in ~/object_names order, base frame) with every joint state')
@@ -124,7 +131,14 @@ class SimNode(Node):
         self._render_s = 0.0
         self._trajectories = 0
         self._rejected = 0
-        self.create_timer(1.0 / self.clock_rate_hz if self.real_time_factor > 0 else 0.001, self._tick)
+        if self.lockstep:
+            self.create_service(Trigger, '~/step', self._on_step)
+            self._first_image_sent = False
+            # while paused: the clock and joint states again (same sim time) so late joiners and
+            # freshness checks see the state, and the first image once someone listens
+            self.create_timer(LOCKSTEP_IDLE_PERIOD_S, self._lockstep_idle)
+        else:
+            self.create_timer(1.0 / self.clock_rate_hz if self.real_time_factor > 0 else 0.001, self._tick)
         self.get_logger().info(
             f'workcell {self.sim.model_path.name}: joints {list(self.sim.joint_names)}, objects '
             f'{list(self.sim.object_names)}, camera {self.camera_name} {self.image_width}x{self.image_height} '
@@ -184,7 +198,8 @@ class SimNode(Node):
         dt = self.sim.timestep_s
         while True:
             events = [target_s]
-            if self.camera_rate_hz > 0:
+            camera = self.camera_rate_hz > 0 and not self.lockstep
+            if camera:
                 events.append(self._next_camera_s)
             if self.joint_state_rate_hz > 0:
                 events.append(self._next_joint_state_s)
@@ -195,7 +210,7 @@ class SimNode(Node):
             if self.joint_state_rate_hz > 0 and now >= self._next_joint_state_s - dt / 2:
                 self._publish_joint_state()
                 self._next_joint_state_s = max(self._next_joint_state_s + 1.0 / self.joint_state_rate_hz, now)
-            if self.camera_rate_hz > 0 and now >= self._next_camera_s - dt / 2:
+            if camera and now >= self._next_camera_s - dt / 2:
                 self._publish_clock()
                 self._publish_image()
                 self._next_camera_s = max(self._next_camera_s + 1.0 / self.camera_rate_hz, now)
@@ -269,8 +284,32 @@ class SimNode(Node):
             self._rejected += 1
             self.get_logger().warn(f'trajectory rejected (holding the current command): {exc}',
                                    throttle_duration_sec=WARN_THROTTLE_S)
+            if self.lockstep:
+                self._lockstep_step()   # a refused command is still one step (of holding)
             return
         self._trajectories += 1
+        if self.lockstep:
+            self._lockstep_step()
+
+    # ------------------------------------------------------------------ lockstep
+    def _lockstep_step(self) -> None:
+        self._advance_to(self.sim.time_s + self.lockstep_period_s)
+        self._publish_clock()
+        self._publish_joint_state()
+        self._publish_image()
+        self._first_image_sent = True
+
+    def _on_step(self, request, response):
+        self._lockstep_step()
+        response.success, response.message = True, f'sim time {self.sim.time_s:.3f} s'
+        return response
+
+    def _lockstep_idle(self) -> None:
+        self._publish_clock()
+        self._publish_joint_state()
+        if not self._first_image_sent and self.image_pub.get_subscription_count() > 0:
+            self._publish_image()
+            self._first_image_sent = True
 
     def _on_reset(self, request, response):
         seed = int(self.get_parameter('seed').value)
