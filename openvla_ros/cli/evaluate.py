@@ -209,7 +209,7 @@ def _main(args) -> int:
             raise EvalError('--held-out needs --training-seeds or a checkpoint with ' + TRAINING_SEEDS_FILE)
         check_held_out(seeds, train)
     if args.graph:
-        raise EvalError('--graph is not available yet: sim_node has no lockstep mode; '
+        raise EvalError('--graph is not available yet (no graph episode runner over sim_node lockstep:=true); '
                         'use the in-process path (the same policy, controller and simulator cores)')
     paraphrase = args.paraphrase if args.paraphrase in (None, 'seeded') else int(args.paraphrase)
     from openvla_ros.evaluation.report import EPISODES_FILE, ResultsWriter
