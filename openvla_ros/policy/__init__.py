@@ -6,7 +6,8 @@
 - :mod:`.numpy_json`: upstream's json_numpy wire format.
 
 Layers import downwards only: ``defaults``/``action_layout`` < ``engine``/``control`` < ``policy``
-< ``server``/``bag``/``nodes``/``sim`` < ``cli``.
+< ``server``/``bag``/``nodes``/``sim``/``evaluation``/``learning`` < ``cli``
+(``test/test_import_layers.py`` checks it).
 """
 from openvla_ros.engine.api import (OpenVLAError, Policy, PolicyOptions,  # noqa: F401
                                     PredictionResult)
