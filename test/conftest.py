@@ -76,6 +76,37 @@ def spin_until(executor, predicate, timeout_s: float, step_s: float = 0.02) -> b
     return wait_for(spun, timeout_s, step_s=0.0)
 
 
+class CameraFeed:
+    """Publishes one RGB frame as a freshly stamped sensor_msgs/Image on ``topic`` every
+    ``period_s`` while the test spins, as a camera would; ``until(p)`` is a predicate for
+    :func:`spin_until` that feeds and then asks ``p``."""
+
+    def __init__(self, node, topic: str, rgb, period_s: float = 0.2):
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import Image
+
+        from openvla_ros.imaging import rgb_to_image_fields
+
+        self._node, self._period_s, self._last = node, period_s, None
+        self._make = lambda: Image(**rgb_to_image_fields(rgb, 'rgb8'))
+        self.publisher = node.create_publisher(Image, topic, qos_profile_sensor_data)
+        self.sent = 0
+
+    def step(self) -> None:
+        now = self._node.get_clock().now()
+        if self._last is None or (now - self._last).nanoseconds * 1e-9 >= self._period_s:
+            msg = self._make()
+            msg.header.stamp = now.to_msg()
+            self.publisher.publish(msg)
+            self._last, self.sent = now, self.sent + 1
+
+    def until(self, predicate):
+        def fed() -> bool:
+            self.step()
+            return predicate()
+        return fed
+
+
 class ProcessGroup:
     """Start project executables as separate processes with the runtime env; stop them all."""
 

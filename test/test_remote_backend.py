@@ -135,12 +135,9 @@ def test_plain_server_error_answer_is_an_error_not_an_action(plain_server, case)
 def test_vla_node_remote_backend_against_plain_act_server(plain_server, case, processes,
                                                          ros_context):
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import qos_profile_sensor_data
-    from sensor_msgs.msg import Image
 
-    from conftest import spin_until
+    from conftest import CameraFeed, spin_until
     from openvla_ros import defaults
-    from openvla_ros.imaging import rgb_to_image_fields
     from openvla_ros.msg import EndEffectorDelta, VlaStatus
     from openvla_ros.nodes import common
 
@@ -161,21 +158,10 @@ def test_vla_node_remote_backend_against_plain_act_server(plain_server, case, pr
                              common.reliable_qos(50))
     node.create_subscription(VlaStatus, defaults.VLA_STATUS_TOPIC, statuses.append,
                              common.latched_qos())
-    camera = node.create_publisher(Image, defaults.CAMERA_TOPIC, qos_profile_sensor_data)
-    fields = rgb_to_image_fields(rgb, 'rgb8')
-    last_sent = [0.0]
-
-    def step():
-        now = node.get_clock().now()
-        if now.nanoseconds * 1e-9 - last_sent[0] >= 0.2:
-            msg = Image(**fields)
-            msg.header.stamp = now.to_msg()
-            camera.publish(msg)
-            last_sent[0] = now.nanoseconds * 1e-9
-        return len(actions) >= 2
+    camera = CameraFeed(node, defaults.CAMERA_TOPIC, rgb)
 
     try:
-        assert spin_until(executor, step, 120.0), \
+        assert spin_until(executor, camera.until(lambda: len(actions) >= 2), 120.0), \
             f'no actions from vla_node:\n{processes.log("vla_node")[-3000:]}'
         for a in actions:
             np.testing.assert_array_equal(np.asarray(a.action), c['action'])
