@@ -1,0 +1,1 @@
+"""The learning loop: demonstrations -> Bridge action labels -> dataset -> fine-tuning -> export."""

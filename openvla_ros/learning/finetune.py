@@ -1,0 +1,337 @@
+"""Fine-tuning the native OpenVLA model with upstream's objective, and exporting the result.
+
+Objective (upstream ``vla-scripts/finetune.py``): the training sequence is the prompt
+``In: What action should the robot take to {instruction}?\\nOut: `` followed by the action tokens
+and EOS; the loss is next-token cross-entropy on the action tokens and EOS only (every prompt
+position is ignored). Actions are normalised with the dataset's q01/q99 (BOUNDS_Q99, masked
+dimensions only), clipped to [-1, 1] and discretised into the same 256 uniform bins the engine
+decodes (``openvla_ros.engine.actions``): bin ``i`` = ``digitize(x, linspace(-1, 1, 256))``,
+token = ``action_vocab_size - i``.
+
+The model is the engine's own :class:`~openvla_ros.engine.modeling.OpenVLAModel`, loaded through
+:func:`~openvla_ros.engine.policy.load_policy` in float32, so training sees exactly the image
+pipeline, tokenizer and prompt that inference uses.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from openvla_ros.engine.modeling import module_key_to_checkpoint_key, splice_image
+from openvla_ros.engine.policy import PolicyOptions, load_policy
+from openvla_ros.engine.prompt import build_prompt
+
+from .dataset import DatasetError, iter_episodes, load_statistics
+
+IGNORE_INDEX = -100
+EOS_TOKEN_ID = 2
+STATE_FILE = 'trainer_state.pt'
+MODES = ('full', 'lora', 'qlora')
+# upstream finetune.py defaults: LoRA rank 32, dropout 0, alpha = min(rank, 16), gaussian init
+DEFAULT_LORA_RANK = 32
+
+
+class FinetuneError(ValueError):
+    """A checkpoint/dataset mismatch or bad training options."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 200
+    batch_size: int = 8
+    grad_accumulation: int = 1
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.0
+    holdout_fraction: float = 0.1
+    seed: int = 0
+    mode: str = 'full'
+    lora_rank: int = DEFAULT_LORA_RANK
+    eval_every: int = 50
+    save_every: int = 100
+    threads: int = 2
+    dataset_key: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def normalize_actions(actions: np.ndarray, stats: dict) -> np.ndarray:
+    a = np.asarray(actions, dtype=np.float64)
+    q01 = np.asarray(stats['q01'], dtype=np.float64)
+    q99 = np.asarray(stats['q99'], dtype=np.float64)
+    mask = np.asarray(stats.get('mask', [True] * len(q01)), dtype=bool)
+    scaled = 2.0 * (a - q01) / (q99 - q01 + 1e-8) - 1.0
+    return np.clip(np.where(mask, scaled, a), -1.0, 1.0)
+
+
+def action_token_ids(normalized: np.ndarray, action_vocab_size: int, n_bins: int = 256) -> np.ndarray:
+    edges = np.linspace(-1.0, 1.0, n_bins)
+    return action_vocab_size - np.digitize(np.clip(normalized, -1.0, 1.0), edges)
+
+
+class Samples:
+    """Every (frame, instruction, action) step of a dataset as model inputs."""
+
+    def __init__(self, policy, dataset_dir: Path, dataset_key: str | None):
+        stats_all = load_statistics(dataset_dir)
+        key = dataset_key or next(iter(stats_all))
+        if key not in stats_all:
+            raise DatasetError(f'{dataset_dir}: no statistics key {key!r} ({sorted(stats_all)})')
+        self.key, self.stats = key, stats_all[key]
+        dim = len(self.stats['action']['q01'])
+        cfg = policy.config
+        pixels, prompts, targets, episode_of = [], [], [], []
+        prompt_cache: dict[str, list[int]] = {}
+        for e_idx, episode in enumerate(iter_episodes(dataset_dir)):
+            if episode.actions.shape[1] != dim:
+                raise FinetuneError(f'episode {e_idx} ({episode.source}): actions have '
+                                    f'{episode.actions.shape[1]} dimensions, the statistics {dim}')
+            if episode.instruction not in prompt_cache:
+                prompt_cache[episode.instruction] = policy.tokenizer.encode(
+                    build_prompt(episode.instruction, policy.options.prompt_template))
+            tokens = action_token_ids(normalize_actions(episode.actions, self.stats['action']),
+                                      cfg.action_vocab_size, cfg.n_action_bins)
+            for image, tok in zip(episode.images, tokens):
+                pixels.append(policy.pixel_values(image))
+                prompts.append(prompt_cache[episode.instruction])
+                targets.append(tok.tolist() + [EOS_TOKEN_ID])
+                episode_of.append(e_idx)
+        if not pixels:
+            raise DatasetError(f'{dataset_dir}: no steps')
+        self.pixels = torch.stack(pixels)
+        self.prompts, self.targets = prompts, targets
+        self.episode_of = np.asarray(episode_of)
+        self.action_dim = dim
+        self.pad_id = policy.tokenizer.pad_token_id
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """pixel_values, input_ids (right-padded: attention is causal, so padding after the
+        targets never reaches them) and labels (IGNORE_INDEX except action tokens + EOS)."""
+        seqs = [self.prompts[i] + self.targets[i] for i in indices]
+        length = max(map(len, seqs))
+        ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long)
+        for row, (i, seq) in enumerate(zip(indices, seqs)):
+            ids[row, :len(seq)] = torch.tensor(seq)
+            start = len(self.prompts[i])
+            labels[row, start:len(seq)] = torch.tensor(self.targets[i])
+        return self.pixels[list(indices)], ids, labels
+
+
+def sequence_logits(model, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits [B, L, V] for every text position of ``input_ids`` (position j predicts token j+1),
+    through the engine's modules: the image patches spliced after BOS, causal attention."""
+    patches = model.projector(model.vision_backbone(pixel_values))
+    lm = model.language_model
+    embeds = splice_image(lm.model.embed_tokens(input_ids), patches)
+    b, t, _ = embeds.shape
+    positions = torch.arange(t, device=embeds.device).expand(b, t)
+    cache = lm.new_cache(b, t, embeds.dtype, embeds.device)
+    cos = lm._rope_cos[positions].to(embeds.dtype).unsqueeze(1)
+    sin = lm._rope_sin[positions].to(embeds.dtype).unsqueeze(1)
+    x = embeds
+    for i, layer in enumerate(lm.model.layers):
+        x = layer(x, cos, sin, cache.k[i], cache.v[i], 0, None)
+    n_patches = patches.shape[1]
+    # text token k >= 1 sits at spliced position k + n_patches; BOS at 0
+    text = torch.cat([x[:, :1], x[:, 1 + n_patches:]], dim=1)
+    return lm.lm_head(lm.model.norm(text)).float()
+
+
+def action_loss(model, pixel_values, input_ids, labels, action_dim: int):
+    logits = sequence_logits(model, pixel_values, input_ids)[:, :-1]
+    target = labels[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                           ignore_index=IGNORE_INDEX)
+    valid = target != IGNORE_INDEX
+    predicted = logits.argmax(-1)
+    # accuracy over the action tokens only (EOS, the last target of each row, excluded)
+    is_action = valid & (target != EOS_TOKEN_ID)
+    correct = ((predicted == target) & is_action).sum()
+    return loss, correct.float() / is_action.sum().clamp(min=1)
+
+
+def _linear_module_names(model) -> list[str]:
+    return sorted({name.rsplit('.', 1)[-1] for name, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and not name.endswith('lm_head')})
+
+
+def wrap_lora(model, rank: int):
+    """peft LoRA on every linear layer except lm_head (upstream: all-linear, r=32, alpha=min(r,16),
+    dropout 0, gaussian init)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=min(rank, 16), lora_dropout=0.0,
+                        target_modules=_linear_module_names(model), init_lora_weights='gaussian')
+    return get_peft_model(model, config)
+
+
+def split_indices(samples: Samples, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out split by whole episodes, so no frame of a held-out episode is trained on."""
+    episodes = np.unique(samples.episode_of)
+    rng = np.random.default_rng(seed)
+    n_hold = int(round(len(episodes) * fraction)) if len(episodes) > 1 else 0
+    held = set(rng.permutation(episodes)[:n_hold].tolist())
+    is_held = np.array([e in held for e in samples.episode_of])
+    return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+
+
+@torch.no_grad()
+def evaluate(model, samples: Samples, indices: np.ndarray, batch_size: int) -> dict:
+    if len(indices) == 0:
+        return {}
+    losses, accs, weights = [], [], []
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        loss, acc = action_loss(model, *samples.batch(chunk), samples.action_dim)
+        losses.append(float(loss)), accs.append(float(acc)), weights.append(len(chunk))
+    w = np.asarray(weights, dtype=float)
+    return {'loss': float(np.dot(losses, w) / w.sum()), 'accuracy': float(np.dot(accs, w) / w.sum())}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train(checkpoint: str | Path, dataset_dir: str | Path, out_dir: str | Path,
+          config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train, writing ``out_dir/train_state`` checkpoints, and export the result to
+    ``out_dir/checkpoint`` (merged, HF layout). Returns the history."""
+    if config.mode not in MODES:
+        raise FinetuneError(f'unknown mode {config.mode!r}; choose one of {MODES}')
+    if config.mode == 'qlora' and not torch.cuda.is_available():
+        raise FinetuneError('qlora needs a CUDA GPU (bitsandbytes 4-bit kernels)')
+    torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    options = PolicyOptions(dtype='float32', device=device,
+                            **({'quantization': '4bit'} if config.mode == 'qlora' else {}))
+    policy = load_policy(checkpoint, options)
+    model = policy.model
+    samples = Samples(policy, Path(dataset_dir), config.dataset_key)
+    ckpt_dims = {k: len(v['action']['q01']) for k, v in policy.norm_stats.items()}
+    if config.mode != 'full' and samples.action_dim not in ckpt_dims.values():
+        raise FinetuneError(f'the checkpoint predicts {sorted(set(ckpt_dims.values()))}-D actions, '
+                            f'the dataset has {samples.action_dim}-D actions')
+    for p in model.parameters():
+        p.requires_grad_(config.mode == 'full')
+    if config.mode in ('lora', 'qlora'):
+        model = wrap_lora(model, config.lora_rank)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    train_idx, held_idx = split_indices(samples, config.holdout_fraction, config.seed)
+    rng = np.random.default_rng(config.seed)
+    history: dict = {'config': asdict(config), 'train': [], 'heldout': [], 'started_at': time.time()}
+    step = 0
+    state_path = out / STATE_FILE
+    if resume:
+        if not state_path.is_file():
+            raise FinetuneError(f'--resume: no {STATE_FILE} in {out}')
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state['model'])
+        optimizer.load_state_dict(state['optimizer'])
+        rng.bit_generator.state = state['rng']
+        history, step = state['history'], state['step']
+    autocast = (torch.autocast('cuda', dtype=torch.bfloat16) if device == 'cuda'
+                else torch.autocast('cpu', enabled=False))
+    bar = _progress(config.steps, step, progress)
+    t0 = time.perf_counter()
+    while step < config.steps:
+        optimizer.zero_grad(set_to_none=True)
+        total_loss = total_acc = 0.0
+        for _ in range(config.grad_accumulation):
+            chunk = rng.choice(train_idx, size=min(config.batch_size, len(train_idx)), replace=False)
+            with autocast:
+                loss, acc = action_loss(model, *samples.batch(chunk), samples.action_dim)
+            (loss / config.grad_accumulation).backward()
+            total_loss += float(loss.detach()) / config.grad_accumulation
+            total_acc += float(acc) / config.grad_accumulation
+        optimizer.step()
+        step += 1
+        history['train'].append({'step': step, 'loss': total_loss, 'accuracy': total_acc})
+        if bar is not None:
+            bar.set_postfix(loss=f'{total_loss:.3f}', acc=f'{total_acc:.2f}')
+            bar.update(1)
+        if step % config.eval_every == 0 or step == config.steps:
+            model.eval()
+            held = evaluate(model, samples, held_idx, config.batch_size)
+            model.train()
+            if held:
+                history['heldout'].append({'step': step, **held})
+        if step % config.save_every == 0 or step == config.steps:
+            _save_state(state_path, model, optimizer, rng, history, step)
+    if bar is not None:
+        bar.close()
+    history['train_seconds'] = history.get('train_seconds', 0.0) + time.perf_counter() - t0
+    model.eval()
+    merged = model.merge_and_unload() if config.mode != 'full' else model
+    export_checkpoint(merged, Path(checkpoint), out / 'checkpoint',
+                      {samples.key: samples.stats})
+    (out / 'history.json').write_text(json.dumps(history, indent=2))
+    return history
+
+
+def _save_state(path: Path, model, optimizer, rng, history, step) -> None:
+    tmp = path.with_name(path.name + '.partial')
+    torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                'rng': rng.bit_generator.state, 'history': history, 'step': step}, tmp)
+    tmp.replace(path)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc='finetune', unit='step')
+
+
+def export_checkpoint(model, source: Path, out: Path, norm_stats: dict,
+                      dtype: torch.dtype = torch.bfloat16) -> Path:
+    """A checkpoint directory in the Hugging Face layout: the source's config (with the new
+    ``norm_stats``), preprocessor and tokenizer files, ``model.safetensors`` and
+    ``dataset_statistics.json``. Written beside ``out`` and renamed when complete."""
+    from safetensors.torch import save_file
+
+    staging = out.with_name(out.name + '.partial')
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_file() and not item.name.endswith('.safetensors') and \
+                item.name not in ('model.safetensors.index.json', 'dataset_statistics.json'):
+            shutil.copyfile(item, staging / item.name)
+    config = json.loads((source / 'config.json').read_text())
+    config['norm_stats'] = norm_stats
+    (staging / 'config.json').write_text(json.dumps(config, indent=2))
+    (staging / 'dataset_statistics.json').write_text(json.dumps(norm_stats, indent=2))
+    tensors = {module_key_to_checkpoint_key(k): v.detach().to('cpu', dtype).contiguous()
+               for k, v in model.state_dict().items()}
+    save_file(tensors, str(staging / 'model.safetensors'), metadata={'format': 'pt'})
+    if out.exists():
+        backup = out.with_name(out.name + '.previous')
+        if backup.exists():
+            shutil.rmtree(backup)
+        out.rename(backup)
+    staging.rename(out)
+    return out
+
+
+def count_parameters(model) -> int:
+    return sum(math.prod(p.shape) for p in model.parameters())

@@ -1,0 +1,51 @@
+"""A fresh small OpenVLA-architecture checkpoint at a chosen image size, to train from scratch.
+
+The engine's tiny layout (:func:`openvla_ros.engine.config.tiny_config`: fused DINOv2 + SigLIP
+timm ViTs, the 3-layer projector, a Llama with the full 32064-token vocabulary and the real
+tokenizer) with ``image_sizes`` and ``preprocessor_config.json`` set to ``image_size`` so that the
+standard inference path resizes camera frames to it. Small images (e.g. 56 px = 4x4 patches of
+14) make training on a CPU feasible.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from openvla_ros.engine.config import OpenVLAConfig, tiny_config
+from openvla_ros.engine.modeling import OpenVLAModel
+from openvla_ros.engine.tiny import _write_weights, init_tensor, write_checkpoint_metadata
+
+PATCH_SIZE = 14
+# Placeholder statistics until fine-tuning writes the dataset's own (the export replaces them).
+PLACEHOLDER_STATS = {'action': {'q01': [-1.0] * 6 + [0.0], 'q99': [1.0] * 7,
+                                'mask': [True] * 6 + [False]}}
+
+
+def make_small_checkpoint(out_dir: str | Path, image_size: int = 56, seed: int = 0,
+                          **sizes) -> Path:
+    if image_size % PATCH_SIZE:
+        raise ValueError(f'image_size must be a multiple of the patch size {PATCH_SIZE}, '
+                         f'got {image_size}')
+    out = Path(out_dir)
+    config = tiny_config(**sizes)
+    config['image_sizes'] = [image_size, image_size]
+    config['norm_stats'] = {'untrained': json.loads(json.dumps(PLACEHOLDER_STATS))}
+    with torch.device('meta'):
+        model = OpenVLAModel(OpenVLAConfig.from_dict(config))
+    shapes = model.checkpoint_shapes()
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {k: init_tensor(k, shapes[k], gen).to(torch.bfloat16).contiguous()
+               for k in sorted(shapes)}
+    write_checkpoint_metadata(out, config)
+    processor_path = out / 'preprocessor_config.json'
+    processor = json.loads(processor_path.read_text())
+    processor['input_sizes'] = [[3, image_size, image_size] for _ in processor['input_sizes']]
+    for params in processor['tvf_resize_params']:
+        params['size'] = [image_size, image_size]
+    for params in processor['tvf_crop_params']:
+        params['output_size'] = [image_size, image_size]
+    processor_path.write_text(json.dumps(processor, indent=2))
+    _write_weights(tensors, out, 1)
+    return out

@@ -1,0 +1,77 @@
+"""Bridge labels from reached states, the idle filter, statistics and the dataset files."""
+import json
+
+import numpy as np
+import pytest
+
+from openvla_ros.control.delta import StepLimits, apply_bridge_delta
+from openvla_ros.control.geometry import Pose, rotation_from_static_xyz
+from openvla_ros.learning.dataset import (DatasetError, Episode, compute_statistics, finish_dataset,
+                                          iter_episodes, summary, write_episode)
+from openvla_ros.learning.labels import LabelError, bridge_labels, idle_mask
+
+LIMITS = StepLimits(0.05, 0.25, (-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
+
+
+def test_labels_invert_the_controllers_delta_integration():
+    rng = np.random.default_rng(0)
+    pose = Pose(np.array([0.3, 0.0, 0.2]), rotation_from_static_xyz(0.1, -0.2, 0.3))
+    actions = np.column_stack([rng.uniform(-0.02, 0.02, (20, 3)), rng.uniform(-0.1, 0.1, (20, 3)),
+                               rng.integers(0, 2, 20)])
+    positions, rotations = [pose.position], [pose.rotation]
+    for a in actions:
+        pose = apply_bridge_delta(pose, a, LIMITS).target
+        positions.append(pose.position)
+        rotations.append(pose.rotation)
+    gripper = np.concatenate([[1.0], actions[:, 6]])
+    labels = bridge_labels(np.array(positions), np.array(rotations), gripper)
+    np.testing.assert_allclose(labels, actions, atol=1e-9)
+
+
+def test_labels_refuse_short_or_inconsistent_states():
+    with pytest.raises(LabelError, match='at least two'):
+        bridge_labels(np.zeros((1, 3)), np.eye(3)[None], np.ones(1))
+    with pytest.raises(LabelError, match='shapes'):
+        bridge_labels(np.zeros((3, 3)), np.stack([np.eye(3)] * 2), np.ones(3))
+
+
+def test_idle_runs_longer_than_the_count_are_dropped():
+    move = [0.01, 0, 0, 0, 0, 0, 1.0]
+    still = [0, 0, 0, 0, 0, 0, 1.0]
+    actions = np.array([move] + [still] * 5 + [move])
+    np.testing.assert_array_equal(idle_mask(actions, keep_steps=2),
+                                  [True, True, True, False, False, False, True])
+    close = [0, 0, 0, 0, 0, 0, 0.0]
+    assert idle_mask(np.array([still, still, still, close]), keep_steps=0).tolist() == \
+        [False, False, False, True]
+
+
+def test_statistics_match_upstreams_format_and_refuse_degenerate_dimensions():
+    rng = np.random.default_rng(1)
+    a = np.column_stack([rng.normal(size=(100, 6)), rng.integers(0, 2, 100)])
+    stats = compute_statistics(a, 4)
+    assert set(stats['action']) == {'mean', 'std', 'max', 'min', 'q01', 'q99', 'mask'}
+    assert stats['action']['mask'] == [True] * 6 + [False]
+    assert stats['num_transitions'] == 100 and stats['num_trajectories'] == 4
+    np.testing.assert_allclose(stats['action']['q01'], np.quantile(a, 0.01, axis=0))
+    a[:, 2] = 0.5
+    with pytest.raises(DatasetError, match=r'q01 == q99 in dimension\(s\) \[2\]'):
+        compute_statistics(a, 4)
+
+
+def test_dataset_round_trip_and_bad_episode_keeps_what_was_written(tmp_path):
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        write_episode(tmp_path, i, Episode(rng.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8),
+                                           np.column_stack([rng.normal(size=(5, 6)), np.ones(5)]),
+                                           'reach the cube', f'seed {i}'))
+    bad = Episode(np.zeros((4, 8, 8, 3), np.uint8), np.zeros((3, 7)), 'reach the cube', 'seed 9')
+    with pytest.raises(DatasetError, match=r'episode_000002 \(seed 9\): 3 actions for 4 frames'):
+        write_episode(tmp_path, 2, bad)
+    info = finish_dataset(tmp_path)
+    assert info['episodes'] == 2 and info['lengths'] == [5, 5]
+    episodes = list(iter_episodes(tmp_path))
+    assert [e.source for e in episodes] == ['seed 0', 'seed 1']
+    stats = json.loads((tmp_path / 'dataset_statistics.json').read_text())
+    assert stats['sim_widowx']['num_trajectories'] == 2
+    assert '2 episodes, 10 steps' in summary(tmp_path)
