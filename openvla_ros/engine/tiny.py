@@ -102,6 +102,12 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, shards: int = 1,
     extra = {'action': {'q01': [-1.0] * 7, 'q99': [1.0] * 7, 'mask': [True] * 7}}
     config['norm_stats'] = {'bridge_orig': json.loads(json.dumps(BRIDGE_ORIG_STATS)),
                             EXTRA_STATS_KEY: extra}
+    return write_random_checkpoint(out, config, seed=seed, shards=shards)
+
+
+def write_random_checkpoint(out: Path, config: dict, seed: int = 0, shards: int = 1) -> Path:
+    """A whole checkpoint directory for ``config`` with :func:`init_tensor` weights in bfloat16
+    (the model is laid out on the meta device, so nothing but the weights is allocated)."""
     with torch.device('meta'):
         model = OpenVLAModel(OpenVLAConfig.from_dict(config))
     shapes = model.checkpoint_shapes()

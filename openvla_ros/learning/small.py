@@ -11,11 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
-from openvla_ros.engine.config import OpenVLAConfig, tiny_config
-from openvla_ros.engine.modeling import OpenVLAModel
-from openvla_ros.engine.tiny import _write_weights, init_tensor, write_checkpoint_metadata
+from openvla_ros.engine.config import tiny_config
+from openvla_ros.engine.tiny import write_random_checkpoint
 
 PATCH_SIZE = 14
 # Placeholder statistics until fine-tuning writes the dataset's own (the export replaces them).
@@ -32,13 +29,7 @@ def make_small_checkpoint(out_dir: str | Path, image_size: int = 56, seed: int =
     config = tiny_config(**sizes)
     config['image_sizes'] = [image_size, image_size]
     config['norm_stats'] = {'untrained': json.loads(json.dumps(PLACEHOLDER_STATS))}
-    with torch.device('meta'):
-        model = OpenVLAModel(OpenVLAConfig.from_dict(config))
-    shapes = model.checkpoint_shapes()
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {k: init_tensor(k, shapes[k], gen).to(torch.bfloat16).contiguous()
-               for k in sorted(shapes)}
-    write_checkpoint_metadata(out, config)
+    write_random_checkpoint(out, config, seed=seed)
     processor_path = out / 'preprocessor_config.json'
     processor = json.loads(processor_path.read_text())
     processor['input_sizes'] = [[3, image_size, image_size] for _ in processor['input_sizes']]
@@ -47,5 +38,4 @@ def make_small_checkpoint(out_dir: str | Path, image_size: int = 56, seed: int =
     for params in processor['tvf_crop_params']:
         params['output_size'] = [image_size, image_size]
     processor_path.write_text(json.dumps(processor, indent=2))
-    _write_weights(tensors, out, 1)
     return out
