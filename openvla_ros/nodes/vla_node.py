@@ -86,7 +86,8 @@ class VlaNode(LifecycleNode):
         self._subs = []
         self._action_pub = self._twist_pub = self._debug_pub = None
 
-        self._status_pub = self.create_publisher(VlaStatus, defaults.VLA_STATUS_TOPIC, common.latched_qos())
+        self._status_pub = self.create_publisher(VlaStatus, defaults.relative(defaults.VLA_STATUS_TOPIC),
+                                                 common.latched_qos())
         self._diagnostics = common.DiagnosticsPublisher(self, hardware_id=defaults.VLA_NODE)
         self.create_service(SetBool, '~/enable', self._on_enable, callback_group=self._control_group)
         self.create_service(Trigger, '~/reset', self._on_reset, callback_group=self._control_group)
@@ -232,20 +233,23 @@ class VlaNode(LifecycleNode):
         return ''
 
     def _create_io(self) -> None:
-        self._action_pub = self.create_lifecycle_publisher(EndEffectorDelta, defaults.ACTION_TOPIC, 10)
+        # Relative names (defaults.relative): the node's namespace moves every package topic.
+        self._action_pub = self.create_lifecycle_publisher(EndEffectorDelta,
+                                                           defaults.relative(defaults.ACTION_TOPIC), 10)
         if self._p['publish_twist']:
-            self._twist_pub = self.create_lifecycle_publisher(TwistStamped, defaults.ACTION_TWIST_TOPIC, 10)
-        self._debug_pub = self.create_lifecycle_publisher(Image, defaults.DEBUG_IMAGE_TOPIC, 1)
+            self._twist_pub = self.create_lifecycle_publisher(TwistStamped,
+                                                              defaults.relative(defaults.ACTION_TWIST_TOPIC), 10)
+        self._debug_pub = self.create_lifecycle_publisher(Image, defaults.relative(defaults.DEBUG_IMAGE_TOPIC), 1)
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         if self._p['use_compressed']:
             msg_type, topic, cb = CompressedImage, defaults.COMPRESSED_CAMERA_TOPIC, self._on_compressed
         else:
             msg_type, topic, cb = Image, defaults.CAMERA_TOPIC, self._on_image
         self._subs.append(self.create_subscription(
-            msg_type, topic, cb, qos_profile_sensor_data, callback_group=self._image_group,
+            msg_type, defaults.relative(topic), cb, qos_profile_sensor_data, callback_group=self._image_group,
             event_callbacks=events, qos_overriding_options=QoSOverridingOptions.with_default_policies()))
         self._subs.append(self.create_subscription(
-            String, defaults.INSTRUCTION_TOPIC, self._on_instruction, common.reliable_qos(10),
+            String, defaults.relative(defaults.INSTRUCTION_TOPIC), self._on_instruction, common.reliable_qos(10),
             callback_group=self._control_group,
             event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)))
 
