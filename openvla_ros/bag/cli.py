@@ -3,11 +3,14 @@
   openvla-bag play BAG [--rate R] [--loop] [--topics T ...] [--remap FROM:=TO] [--start-paused] [--clock [HZ]]
   openvla-bag record -o OUT [TOPICS ...] [--no-camera | --camera-scale 0.5] [--use-sim-time] [--duration-s S] [--force]
   openvla-bag eval BAG --checkpoint DIR [--instruction TEXT] [--output OUT_BAG] [--report-dir DIR] [--json]
+  openvla-bag replay-actions BAG [--out DIR] [--task T --seed S] [--force] [--json]
 
 On a ROS workstation ``ros2 bag play BAG --clock`` and ``ros2 bag record`` do what ``play`` and
 ``record`` do here; these exist for machines without rosbag2 and read/write the same bags
 (sqlite3 and mcap). ``eval`` runs the policy offline on a bag's camera frames (no ROS graph) and
-compares its actions with recorded ones.
+compares its actions with recorded ones. ``replay-actions`` replays the recorded actions open
+loop through the arm controller's safety core into the simulator and compares the reached
+end-effector trajectory with the recorded one.
 
 Exit status: 0 success; 1 the run failed or stopped early (partial results are kept and say
 so); 2 bad input (bag missing, empty or unreadable, topic missing, output exists without --force).
@@ -86,6 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help='fail when fewer messages are read than metadata.yaml lists (default: a warning)')
     e.add_argument('--no-progress', action='store_true', help='no progress bar on stderr')
     add_policy_arguments(e)  # the same model options as openvla-predict and openvla-serve
+
+    a = sub.add_parser('replay-actions', help='replay the recorded actions open loop in the simulator and '
+                       'compare the reached end-effector trajectory with the recorded one')
+    a.add_argument('bag', help=f'bag with {defaults.ACTION_TOPIC} and {defaults.JOINT_STATES_TOPIC}')
+    a.add_argument('--out', help='folder for replay.json and replay.png (default: <bag>_replay)')
+    a.add_argument('--episode', type=int, default=0, help='episode of a bag with episode markers (default 0)')
+    a.add_argument('--task', help='evaluation task whose object layout to replay in (with --seed; default: '
+                   'the objects at their nominal poses)')
+    a.add_argument('--seed', type=int, help='seed of the object layout')
+    a.add_argument('--embodiment', default=defaults.DEFAULT_EMBODIMENT)
+    a.add_argument('--force', action='store_true', help='replace an earlier replay.json / replay.png in --out')
+    a.add_argument('--json', action='store_true', help='print the report as JSON on stdout')
     return parser
 
 
@@ -106,6 +121,15 @@ def main(argv: list[str] | None = None) -> int:
             return record(RecordOptions(output=args.output, topics=args.topics, camera=args.camera,
                                         camera_scale=args.camera_scale, duration_s=args.duration_s,
                                         force=args.force, use_sim_time=args.use_sim_time))
+        if args.command == 'replay-actions':
+            import json
+
+            from openvla_ros.bag.replay import ReplayOptions, replay, summary_line
+
+            report = replay(ReplayOptions(bag=args.bag, out=args.out, episode=args.episode, task=args.task,
+                                          seed=args.seed, embodiment=args.embodiment, force=args.force))
+            print(json.dumps(report, indent=2) if args.json else summary_line(report))
+            return EXIT_OK
         from openvla_ros.bag.evaluate import EvalOptions, run_eval
 
         return run_eval(EvalOptions.from_args(args))

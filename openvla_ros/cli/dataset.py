@@ -1,0 +1,144 @@
+"""``openvla-dataset``: training datasets from recorded bags, and what a dataset holds.
+
+  openvla-dataset build BAGS... --out DIR [--resume | --force] [--instruction TEXT] [--image-size N]
+  openvla-dataset info DIR
+
+``build`` converts each bag (a bag directory with metadata.yaml, or a single .mcap) into one
+episode (or one per episode marker), labelled from the reached end-effector states, and writes the
+dataset layout of :mod:`openvla_ros.learning.dataset` (episode files, upstream-format
+``dataset_statistics.json``, ``meta/info.json``). A bag that cannot be converted is named with
+the reason and the build goes on; the episodes written stay, and ``--resume`` continues a build
+(bags already converted are skipped). ``--force`` replaces only what an earlier build wrote.
+
+Exit status: 0 every bag converted and the statistics written; 2 bad input (a bag failed, the
+statistics are degenerate, the output is refused).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from openvla_ros import defaults
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from openvla_ros.learning.dataset import DEFAULT_DATASET_KEY
+    from openvla_ros.learning.from_bags import DEFAULT_MAX_GAP_PERIODS
+
+    parser = argparse.ArgumentParser(prog='openvla-dataset', description=__doc__.split('\n\n')[0])
+    sub = parser.add_subparsers(dest='command', required=True)
+    b = sub.add_parser('build', help='build a training dataset from bags')
+    b.add_argument('bags', nargs='+', help='bag directories (metadata.yaml + .db3/.mcap) or .mcap files')
+    b.add_argument('--out', required=True, help='dataset directory to create')
+    mode = b.add_mutually_exclusive_group()
+    mode.add_argument('--resume', action='store_true', help='continue a build in --out: skip bags already converted')
+    mode.add_argument('--force', action='store_true',
+                      help='replace what an earlier build wrote in --out (never other files)')
+    b.add_argument('--instruction', help=f'instruction for every episode (default: {defaults.INSTRUCTION_TOPIC})')
+    b.add_argument('--image-topic', help=f'Image or CompressedImage topic (default {defaults.CAMERA_TOPIC}, '
+                   f'else {defaults.COMPRESSED_CAMERA_TOPIC})')
+    b.add_argument('--image-size', type=int, help='resize frames to N x N (default: as recorded)')
+    b.add_argument('--embodiment', default=defaults.DEFAULT_EMBODIMENT,
+                   help='embodiment (control period, arm joints, kinematics) the bags were recorded with')
+    b.add_argument('--dataset-key', default=DEFAULT_DATASET_KEY, help='key in dataset_statistics.json')
+    b.add_argument('--max-gap-periods', type=float, default=DEFAULT_MAX_GAP_PERIODS,
+                   help='a gap of more control periods between two stamps of a topic is a clock jump')
+    i = sub.add_parser('info', help='episodes, steps, instructions, action histograms and statistics')
+    i.add_argument('dataset', help='dataset directory')
+    i.add_argument('--bins', type=int, default=10, help='histogram bins per action dimension')
+    i.add_argument('--json', action='store_true', help='print meta/info.json and the statistics as JSON')
+    return parser
+
+
+def info_text(directory, bins: int = 10) -> str:
+    """``openvla-dataset info``: the dataset summary, quantiles, idle-filter counts and statistics."""
+    from openvla_ros.action_layout import dim_names
+    from openvla_ros.learning.dataset import INFO_FILE, iter_episodes, load_statistics, summary
+
+    lines = [summary(directory, bins=bins)]
+    actions = np.concatenate([e.actions for e in iter_episodes(directory)])
+    names = dim_names(actions.shape[1])
+    qs = (0.01, 0.25, 0.5, 0.75, 0.99)
+    lines.append('  quantiles ' + ' '.join(f'{f"q{round(q * 100):02d}":>9s}' for q in qs))
+    for i, name in enumerate(names):
+        lines.append(f'  {name:>8s}  ' + ' '.join(f'{v:+9.4f}' for v in np.quantile(actions[:, i], qs)))
+    info_path = Path(directory) / INFO_FILE
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if 'idle_steps_dropped' in info:
+        f = info.get('idle_filter')
+        how = (f' (idle: < {f["translation_m"]:g} m and < {f["rotation_rad"]:g} rad with the gripper unchanged, '
+               f'runs longer than {f["keep_steps"]} steps dropped)') if f else ''
+        lines.append(f'  idle steps dropped: {info["idle_steps_dropped"]}{how}')
+    for key in ('failed_bags', 'failed_demonstrations'):
+        failed = info.get(key)
+        if failed:
+            items = failed.items() if isinstance(failed, dict) else ((str(x[:2]), x[-1]) for x in failed)
+            lines.append(f'  {key.replace("_", " ")}: {len(failed)}')
+            lines += [f'    {v}' if str(v).startswith(str(k)) else f'    {k}: {v}' for k, v in items]
+    try:
+        stats = load_statistics(directory)
+    except ValueError as exc:
+        lines.append(f'  statistics: none ({exc})')
+        return '\n'.join(lines)
+    for key, entry in stats.items():
+        a = entry['action']
+        lines.append(f'  statistics [{key}]: {entry["num_trajectories"]} trajectories, '
+                     f'{entry["num_transitions"]} transitions')
+        lines.append('  ' + ' ' * 8 + ''.join(f'{c:>10s}' for c in ('mean', 'std', 'q01', 'q99', 'mask')))
+        for i, name in enumerate(names):
+            lines.append(f'  {name:>8s}' + ''.join(f'{a[c][i]:+10.4f}' for c in ('mean', 'std', 'q01', 'q99'))
+                         + f'{str(a["mask"][i]):>10s}')
+    return '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from openvla_ros.learning.dataset import DatasetError
+
+    prog = f'openvla-dataset {args.command}'
+    try:
+        if args.command == 'info':
+            if args.json:
+                from openvla_ros.learning.dataset import INFO_FILE, load_statistics
+                info_path = Path(args.dataset) / INFO_FILE
+                if not info_path.is_file():
+                    raise DatasetError(f'{args.dataset}: no {INFO_FILE} (build the dataset first)')
+                print(json.dumps({'info': json.loads(info_path.read_text()),
+                                  'statistics': load_statistics(args.dataset)}, indent=2))
+            else:
+                print(info_text(args.dataset, bins=args.bins))
+            return EXIT_OK
+        from openvla_ros.learning.from_bags import BuildOptions, build
+
+        if args.image_size is not None and args.image_size < 1:
+            raise DatasetError(f'--image-size must be >= 1, got {args.image_size}')
+        result = build(BuildOptions(
+            bags=args.bags, out=args.out, force=args.force, resume=args.resume, instruction=args.instruction,
+            image_topic=args.image_topic, image_size=args.image_size, embodiment=args.embodiment,
+            dataset_key=args.dataset_key, max_gap_periods=args.max_gap_periods),
+            log=lambda line: print(f'{prog}: {line}', file=sys.stderr))
+    except DatasetError as exc:
+        print(f'{prog}: error: {exc}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if result.info is not None:
+        print(f'{result.out}: {result.info["episodes"]} episodes, {result.info["transitions"]} steps '
+              f'({len(result.converted)} converted now, {len(result.skipped)} already there), '
+              f'{result.info["idle_steps_dropped"]} idle steps dropped')
+    if result.errors:
+        n = len(result.errors)
+        print(f'{prog}: {n} problem(s); the episodes converted stay in {result.out} '
+              f'(fix the input and re-run with --resume)', file=sys.stderr)
+        if result.info is None:
+            print(f'{prog}: error: {result.errors[-1]}', file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK
+
+
+if __name__ == '__main__':
+    sys.exit(main())
