@@ -3,6 +3,9 @@ model) started from the bring-up description, side by side, with no cross-talk.
 
 The nodes create their topics by relative name, so the namespace alone (``-r __ns:=/robotN``,
 what ``namespace:=`` and ``ros2 run ... --ros-args -r __ns:=`` pass) moves every package topic.
+The first test checks that on each node in-process (every topic it publishes or subscribes to,
+configured, lies in its namespace unless it is one of the global ones); the second runs two node
+sets as processes.
 """
 from __future__ import annotations
 
@@ -19,8 +22,53 @@ STARTUP_TIMEOUT_S = 240.0    # four processes importing torch and loading models
 PACKAGE_TOPICS = [v for k, v in vars(defaults).items() if k.endswith('_TOPIC')]
 
 
-@pytest.mark.xfail(run=False, reason='known defect: a namespaced vla_node publishes no VlaStatus on '
-                   '<ns>/openvla/status within 240 s (open in issue 11)')
+def _outside(node, name: str, namespace: str) -> list[str]:
+    """The topics of node ``namespace/name`` that lie outside ``namespace``, except the global ones
+    and the ROS infrastructure topics every node has."""
+    infrastructure = {'/rosout', '/parameter_events'}
+    topics = {t for t, _ in node.get_publisher_names_and_types_by_node(name, namespace)}
+    topics |= {t for t, _ in node.get_subscriber_names_and_types_by_node(name, namespace)}
+    return sorted(t for t in topics if not t.startswith(namespace + '/')
+                  and t not in defaults.GLOBAL_TOPICS | infrastructure)
+
+
+@pytest.mark.timeout(180)
+def test_every_package_topic_of_a_namespaced_node_is_in_its_namespace(ros_context, tiny_checkpoint):
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from openvla_ros.nodes.arm_controller import ArmControllerNode
+    from openvla_ros.nodes.common import wait_for
+    from openvla_ros.nodes.vla_node import VlaNode
+
+    ns = '/robot1'
+    vla = VlaNode(namespace=ns, context=ros_context, parameter_overrides=[
+        Parameter('model_path', value=str(tiny_checkpoint)), Parameter('device', value='cpu'),
+        Parameter('dtype', value='float32'), Parameter('quantization', value='none'),
+        Parameter('publish_twist', value=True)])
+    arm = ArmControllerNode(namespace=ns, context=ros_context)
+    try:
+        # Configured: the lifecycle publishers and the input subscriptions exist.
+        assert vla.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert arm.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        expected = {defaults.in_namespace(t, ns, defaults.VLA_NODE) for t in (
+            defaults.VLA_STATUS_TOPIC, defaults.ACTION_TOPIC, defaults.ACTION_TWIST_TOPIC,
+            defaults.DEBUG_IMAGE_TOPIC, defaults.CAMERA_TOPIC, defaults.INSTRUCTION_TOPIC)}
+        expected |= {defaults.in_namespace(t, ns) for t in (
+            defaults.CONTROLLER_STATUS_TOPIC, defaults.ACTION_TOPIC, defaults.JOINT_STATES_TOPIC)}
+
+        def graph_has_all() -> bool:
+            return expected <= {t for t, _ in vla.get_topic_names_and_types()}
+        assert wait_for(graph_has_all, 10.0), sorted(
+            expected - {t for t, _ in vla.get_topic_names_and_types()})
+        for node_name in (defaults.VLA_NODE, defaults.ARM_CONTROLLER_NODE):
+            assert _outside(vla, node_name, ns) == [], node_name
+    finally:
+        for node in (vla, arm):
+            node.trigger_cleanup()
+            node.destroy_node()
+
+
 @pytest.mark.timeout(600)
 def test_two_namespaced_node_sets_do_not_cross_talk(processes, ros_context, tiny_checkpoint):
     import rclpy
