@@ -298,3 +298,34 @@ def test_info_lists_episodes_quantiles_idle_counts_and_statistics(tmp_path, epis
     assert rc == 0 and json.loads(text)['statistics']['sim_widowx']['num_trajectories'] == 2
     rc, _, err = _run(['info', str(tmp_path / 'missing')], capsys)
     assert rc == 2 and 'no episodes' in err
+
+
+def test_collect_cli_writes_a_dataset_info_reads(tmp_path, capsys):
+    from openvla_ros.cli.collect import main as collect
+
+    out = tmp_path / 'demos'
+    rc = collect(['--task', 'reach_red_block', '--episodes', '2', '--seed', '3', '--out', str(out),
+                  '--image-size', '24', '--no-progress'])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    built = list(iter_episodes(out))
+    assert len(built) == 2 and built[0].images.shape[1:] == (24, 24, 3)
+    assert f'{out}: 2 episodes' in stdout
+    info = json.loads((out / INFO_FILE).read_text())
+    assert info['seeds'] == [3, 4] and info['tasks'] == ['reach_red_block']
+    rc, text, _ = _run(['info', str(out)], capsys)
+    assert rc == 0 and '2 episodes' in text and 'idle steps dropped' in text
+    # an existing dataset is replaced only with --force, a folder of other files never
+    assert collect(['--task', 'reach_red_block', '--episodes', '1', '--out', str(out), '--no-progress']) == 2
+    assert 'pass --force' in capsys.readouterr().err
+    assert collect(['--task', 'reach_red_block', '--episodes', '1', '--out', str(out), '--no-progress',
+                    '--force']) == 0
+    assert len(list(iter_episodes(out))) == 1
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'notes.txt').write_text('mine')
+    assert collect(['--task', 'reach_red_block', '--episodes', '1', '--out', str(other), '--force',
+                    '--no-progress']) == 2
+    assert (other / 'notes.txt').read_text() == 'mine'
+    assert collect(['--task', 'no_such_task', '--episodes', '1', '--out', str(tmp_path / 'x')]) == 2
+    assert 'unknown task' in capsys.readouterr().err
