@@ -107,6 +107,49 @@ class CameraFeed:
         return fed
 
 
+class VlaProbe:
+    """A probe node on ``context`` beside a running vla_node (in ``namespace``): records its
+    actions and statuses and plays ``rgb`` on its camera topic (a :class:`CameraFeed`).
+    ``feed_until(p, t)`` spins, feeding the camera, until ``p()`` or ``t`` seconds; use as a
+    context manager (the node is destroyed on exit)."""
+
+    def __init__(self, context, name: str, rgb, namespace: str = '', period_s: float = 0.2):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        from openvla_ros import defaults
+        from openvla_ros.msg import EndEffectorDelta, VlaStatus
+        from openvla_ros.nodes import common
+
+        self.node = rclpy.create_node(name, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.actions: list = []
+        self.statuses: list = []
+        self.node.create_subscription(EndEffectorDelta, defaults.in_namespace(defaults.ACTION_TOPIC, namespace),
+                                      self.actions.append, common.reliable_qos(50))
+        self.node.create_subscription(VlaStatus, defaults.in_namespace(defaults.VLA_STATUS_TOPIC, namespace),
+                                      self.statuses.append, common.latched_qos())
+        self.camera = CameraFeed(self.node, defaults.in_namespace(defaults.CAMERA_TOPIC, namespace), rgb,
+                                 period_s)
+
+    def feed_until(self, predicate, timeout_s: float) -> bool:
+        return spin_until(self.executor, self.camera.until(predicate), timeout_s)
+
+    def now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+    def __enter__(self) -> 'VlaProbe':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class ProcessGroup:
     """Start project executables as separate processes with the runtime env; stop them all."""
 

@@ -134,12 +134,7 @@ def test_plain_server_error_answer_is_an_error_not_an_action(plain_server, case)
 @pytest.mark.ros
 def test_vla_node_remote_backend_against_plain_act_server(plain_server, case, processes,
                                                          ros_context):
-    from rclpy.executors import SingleThreadedExecutor
-
-    from conftest import CameraFeed, spin_until
-    from openvla_ros import defaults
-    from openvla_ros.msg import EndEffectorDelta, VlaStatus
-    from openvla_ros.nodes import common
+    from conftest import VlaProbe
 
     c, rgb = case
     processes.start('openvla_ros.nodes.vla_node', '--ros-args',
@@ -147,29 +142,13 @@ def test_vla_node_remote_backend_against_plain_act_server(plain_server, case, pr
                     '-p', 'server_timeout_s:=60.0', '-p', f'unnorm_key:={c["unnorm_key"]}',
                     '-p', 'model_id:=openvla-7b', '-p', f'instruction:={c["instruction"]}',
                     '-p', 'max_rate_hz:=5.0', '-p', 'max_image_age_s:=30.0')
-    import rclpy
-
-    node = rclpy.create_node('plain_act_probe', context=ros_context)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(node)
-    actions: list[EndEffectorDelta] = []
-    statuses: list[VlaStatus] = []
-    node.create_subscription(EndEffectorDelta, defaults.ACTION_TOPIC, actions.append,
-                             common.reliable_qos(50))
-    node.create_subscription(VlaStatus, defaults.VLA_STATUS_TOPIC, statuses.append,
-                             common.latched_qos())
-    camera = CameraFeed(node, defaults.CAMERA_TOPIC, rgb)
-
-    try:
-        assert spin_until(executor, camera.until(lambda: len(actions) >= 2), 120.0), \
+    with VlaProbe(ros_context, 'plain_act_probe', rgb) as probe:
+        assert probe.feed_until(lambda: len(probe.actions) >= 2, 120.0), \
             f'no actions from vla_node:\n{processes.log("vla_node")[-3000:]}'
-        for a in actions:
+        for a in probe.actions:
             np.testing.assert_array_equal(np.asarray(a.action), c['action'])
             assert list(a.action_token_ids) == []   # a plain server does not report them
-        model = actions[-1].model_id
+        model = probe.actions[-1].model_id
         # the status names what is really serving: the URL and the kind, the YAML's id as a claim
         assert plain_server.url in model and 'plain /act server' in model, model
-        assert any(s.model_id == model for s in statuses)
-    finally:
-        executor.shutdown()
-        node.destroy_node()
+        assert any(s.model_id == model for s in probe.statuses)
