@@ -53,6 +53,8 @@ ARGUMENTS: tuple[LaunchArgument, ...] = (
                    ('',) + BOOLEAN),
     LaunchArgument('sim', 'false', 'also start the MuJoCo workcell (sim_node) with the tiny model config',
                    BOOLEAN),
+    LaunchArgument('lockstep', 'false', 'sim_node in lockstep (gym env.step timing: each joint trajectory '
+                   'advances one control period of sim time, paused in between; with sim:=true)', BOOLEAN),
     LaunchArgument('diagnostic_aggregator', 'true', 'also start diagnostic_aggregator with '
                    f'config/{AGGREGATOR_CONFIG}.yaml, for rqt_robot_monitor (ros2 launch, where the '
                    'package is installed; openvla-bringup starts only the package\'s own nodes)',
@@ -149,7 +151,7 @@ def node_specs(values: Mapping[str, str] | None = None) -> list[NodeSpec]:
     if sim:
         # The simulator owns /clock, so it runs on its own (wall) clock.
         specs.append(NodeSpec(defaults.SIM_NODE, defaults.SIM_NODE, ns,
-                              [{'embodiment': a['embodiment']}], topics))
+                              [{'embodiment': a['embodiment'], 'lockstep': a['lockstep'] == 'true'}], topics))
     return specs
 
 

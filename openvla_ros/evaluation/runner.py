@@ -138,12 +138,13 @@ def _run(policy, task, seed, max_steps, record, unnorm_key, env, paraphrase, ins
     t0 = sim.time_s
     ee_p, ee_r, tips, grip, actions, refusals, frames = [], [], [], [], [], [], []
 
-    def observe():
-        pose = sim.ee_pose()
-        ee_p.append(pose.position)
-        ee_r.append(pose.rotation)
-        tips.append(T.gripper_point(sim))
-        grip.append(T.gripper_open_fraction(sim, e))
+    def observe() -> bool:
+        obs = T.observe(sim, task, e)
+        ee_p.append(obs.ee_position)
+        ee_r.append(obs.ee_rotation)
+        tips.append(obs.tip_position)
+        grip.append(obs.gripper)
+        return obs.success
 
     observe()
     reason, success, steps, policy_s = 'max_steps', False, 0, 0.0
@@ -169,8 +170,7 @@ def _run(policy, task, seed, max_steps, record, unnorm_key, env, paraphrase, ins
         env.controller.update_joints(env.joint_state(), sim.time_s)
         env.controller.tick(sim.time_s)
         steps = step + 1
-        observe()
-        if task.success(sim):
+        if observe():
             success, reason = True, 'success'
             if stop_on_success:
                 break

@@ -179,6 +179,27 @@ def get_task(name: str) -> Task:
         raise UnknownTaskError(f'unknown task {name!r}; known tasks: {", ".join(TASKS)}') from None
 
 
+@dataclass(frozen=True)
+class Observation:
+    """What an episode records of the simulator state after each step (and at the start)."""
+    ee_position: np.ndarray          # (3,) end-effector site, m
+    ee_rotation: np.ndarray          # (3, 3)
+    tip_position: np.ndarray         # (3,) finger tips, m
+    gripper: float                   # measured opening fraction
+    success: bool                    # the task's predicate
+
+
+def observe(sim: WorkcellSim, task: Task, embodiment: Embodiment | None = None) -> Observation:
+    """The one observation of an episode state: the in-process runner records it after every
+    step, sim_node publishes it (``~/task_state``) for an evaluation through the graph."""
+    pose = sim.ee_pose()
+    return Observation(ee_position=np.array(pose.position, dtype=float),
+                       ee_rotation=np.array(pose.rotation, dtype=float),
+                       tip_position=gripper_point(sim),
+                       gripper=float(gripper_open_fraction(sim, embodiment or _embodiment())),
+                       success=bool(task.success(sim)))
+
+
 # ------------------------------------------------------------------ episodes
 @dataclass(frozen=True)
 class EpisodeStart:
@@ -230,15 +251,16 @@ def sample_layout(task: Task, rng: np.random.Generator, radius: Callable[[str], 
 
 
 def reset_episode(sim: WorkcellSim, task: Task, seed: int, paraphrase: int | str | None = None,
-                  embodiment: Embodiment | None = None) -> EpisodeStart:
+                  embodiment: Embodiment | None = None, time_s: float = 0.0) -> EpisodeStart:
     """Put ``sim`` into the seeded initial state of ``task``; returns the instruction to give.
 
     ``paraphrase``: None = the canonical instruction, an int = that entry of ``instructions``,
-    'seeded' = one chosen by the seed."""
+    'seeded' = one chosen by the seed. ``time_s``: the sim time after the reset (sim_node passes
+    its clock, which never jumps back; the state does not depend on it)."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
     rng = np.random.default_rng(int(seed))
-    sim.reset(joint_positions=start_joint_positions(sim, embodiment))
+    sim.reset(joint_positions=start_joint_positions(sim, embodiment), time_s=time_s)
     radius = {b: sim.planar_radius(b) for b in task.placements}
     layout = sample_layout(task, rng, radius.__getitem__)
     for body, (x, y, yaw) in layout.items():
@@ -256,5 +278,6 @@ def reset_episode(sim: WorkcellSim, task: Task, seed: int, paraphrase: int | str
     return EpisodeStart(task.name, int(seed), instruction, layout)
 
 
-__all__ = ['Task', 'Placement', 'TASKS', 'REACH_TASKS', 'get_task', 'reset_episode', 'EpisodeStart',
+__all__ = ['Task', 'Placement', 'TASKS', 'REACH_TASKS', 'get_task', 'reset_episode', 'EpisodeStart', 'Observation',
+           'observe',
            'UnknownTaskError', 'gripper_point', 'grasp_point', 'top_z', 'on_support', 'start_joint_positions']

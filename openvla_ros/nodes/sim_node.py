@@ -4,6 +4,14 @@ Publishes the over-the-shoulder camera (sensor_msgs/Image rgb8), /joint_states a
 rest of the graph can run with use_sim_time), follows trajectory_msgs/JointTrajectory on the arm
 controller's topic like a joint_trajectory_controller, and offers ``~/reset`` (std_srvs/Trigger).
 
+Evaluation tasks: with the ``task`` parameter set, ``~/reset`` puts the workcell into that task's
+seeded initial state (``evaluation.tasks.reset_episode``, the in-process runner's reset) and
+answers with the episode start as JSON; from then on every joint state comes with
+``~/task_state`` (std_msgs/String, JSON): the episode number, the task's observation
+(``evaluation.tasks.observe``: end-effector, finger tips, gripper opening, the success
+predicate) and the full MuJoCo ``qpos`` (for a policy that reads the state, like the expert).
+In lockstep a reset also takes one period of sim time, so every state of a run has its own stamp.
+
 A trajectory starts when it arrives (its header stamp is not used: a sender on wall time and a
 simulator on sim time would otherwise disagree about "when"); an empty one stops the active one.
 A trajectory naming an unknown joint is rejected as a whole and the current command is kept.
@@ -15,6 +23,7 @@ time: the next tick catches up, and images always show the physics state at thei
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -33,7 +42,7 @@ from trajectory_msgs.msg import JointTrajectory
 from openvla_ros import defaults
 from openvla_ros.imaging import rgb_to_image_fields
 from openvla_ros.nodes.common import OK, WARN, DiagnosticsPublisher, latched_qos, reliable_qos, run_node
-from openvla_ros.stamps import s_to_sec_nanosec, stamp_to_s
+from openvla_ros.stamps import s_to_sec_nanosec, stamp_to_ns, stamp_to_s
 from openvla_ros.sim import CAMERA_NAME, TrajectoryError, WorkcellSim
 from openvla_ros.sim.workcell import embodiment_start_positions
 
@@ -87,6 +96,9 @@ class SimNode(Node):
                           'camera_rate_hz are not used)')
         self.lockstep_period_s = p('lockstep_period_s', 0.2, 'sim time per lockstep step (the control period), s',
                                    (0.001, 10.0))
+        self.task = p('task', '', 'evaluation task (openvla_ros.evaluation.tasks) that ~/reset sets up with '
+                      'seed (>= 0) and reports in ~/task_state; "" = a plain reset (live: applies to the '
+                      'next ~/reset)', read_only=False)
         self.publish_object_poses = p('publish_object_poses', True,
                                       'publish ~/object_poses (geometry_msgs/PoseArray, one pose per object '
                                       'in ~/object_names order, base frame) with every joint state')
@@ -112,6 +124,10 @@ class SimNode(Node):
         self.create_subscription(JointTrajectory, defaults.relative(defaults.JOINT_TRAJECTORY_TOPIC), self._on_trajectory,
                                  reliable_qos(10))
         self.create_service(Trigger, '~/reset', self._on_reset)
+        self.task_state_pub = self.create_publisher(String, '~/task_state', reliable_qos(10))
+        self._task = None          # the evaluation task of the current episode (set by ~/reset)
+        self._episode = 0          # resets so far: tells the states of two episodes apart
+        self._episode_steps = 0    # lockstep steps since the last reset
         self.object_pose_pub = None
         if self.publish_object_poses:
             self.object_pose_pub = self.create_publisher(PoseArray, '~/object_poses', reliable_qos(10))
@@ -239,6 +255,21 @@ class SimNode(Node):
                 m.orientation.x, m.orientation.y, m.orientation.z, m.orientation.w = (float(v) for v in pose.quat_xyzw())
                 poses.poses.append(m)
             self.object_pose_pub.publish(poses)
+        if not self.lockstep:     # lockstep: one task state per step (_lockstep_step)
+            self._publish_task_state()
+
+    def _publish_task_state(self) -> None:
+        if self._task is None:
+            return
+        from openvla_ros.evaluation import tasks as T
+
+        obs = T.observe(self.sim, self._task, self._task_embodiment())
+        self.task_state_pub.publish(String(data=json.dumps({
+            'episode': self._episode, 'task': self._task.name, 'step': self._episode_steps,
+            'stamp_ns': stamp_to_ns(_stamp(self.sim.time_s)),
+            'sim_time_s': self.sim.time_s, 'success': obs.success, 'ee_position': obs.ee_position.tolist(),
+            'ee_rotation': obs.ee_rotation.tolist(), 'tip_position': obs.tip_position.tolist(),
+            'gripper': obs.gripper, 'qpos': self.sim.data.qpos.tolist()})))
 
     def _publish_image(self) -> None:
         t0 = time.perf_counter()
@@ -294,8 +325,14 @@ class SimNode(Node):
     # ------------------------------------------------------------------ lockstep
     def _lockstep_step(self) -> None:
         self._advance_to(self.sim.time_s + self.lockstep_period_s)
+        self._episode_steps += 1
+        self._publish_observation()
+
+    def _publish_observation(self) -> None:
+        """Lockstep: the state after a step or a reset (clock, joints, task state, image)."""
         self._publish_clock()
         self._publish_joint_state()
+        self._publish_task_state()
         self._publish_image()
         self._first_image_sent = True
 
@@ -307,21 +344,50 @@ class SimNode(Node):
     def _lockstep_idle(self) -> None:
         self._publish_clock()
         self._publish_joint_state()
+        self._publish_task_state()
         if not self._first_image_sent and self.image_pub.get_subscription_count() > 0:
             self._publish_image()
             self._first_image_sent = True
 
+    def _task_embodiment(self):
+        from openvla_ros.evaluation import tasks as T
+
+        return T._embodiment(self.embodiment or None)
+
     def _on_reset(self, request, response):
         seed = int(self.get_parameter('seed').value)
+        task_name = str(self.get_parameter('task').value)
+        # lockstep: the reset takes one period, so no state before it shares a stamp with one after
+        time_s = self.sim.time_s + (self.lockstep_period_s if self.lockstep else 0.0)
         try:
-            self.sim.reset(seed=seed, joint_positions=self._start_positions, time_s=self.sim.time_s)
-        except ValueError as exc:
+            if task_name:
+                from openvla_ros.evaluation import tasks as T
+
+                task = T.get_task(task_name)
+                start = T.reset_episode(self.sim, task, seed, embodiment=self._task_embodiment(), time_s=time_s)
+            else:
+                task, start = None, None
+                self.sim.reset(seed=seed, joint_positions=self._start_positions, time_s=time_s)
+        except (ValueError, KeyError) as exc:
             response.success, response.message = False, f'reset failed: {exc}'
             return response
+        self._task = task
+        self._episode += 1
+        self._episode_steps = 0
+        self._next_joint_state_s = self.sim.time_s
         response.success = True
-        response.message = f'workcell reset at sim time {self.sim.time_s:.3f} s ' + (
-            f'with object seed {seed}' if seed >= 0 else 'with nominal object poses')
-        self.get_logger().info(response.message)
+        if start is not None:
+            response.message = json.dumps({'episode': self._episode, 'task': start.task, 'seed': start.seed,
+                                           'instruction': start.instruction, 'sim_time_s': self.sim.time_s,
+                                           'object_poses': {k: list(v) for k, v in start.object_poses.items()}})
+            self.get_logger().info(f'episode {self._episode}: task {task.name} seed {seed} at sim time '
+                                   f'{self.sim.time_s:.3f} s')
+        else:
+            response.message = f'workcell reset at sim time {self.sim.time_s:.3f} s ' + (
+                f'with object seed {seed}' if seed >= 0 else 'with nominal object poses')
+            self.get_logger().info(response.message)
+        if self.lockstep:    # the observation of the new state, as after a step
+            self._publish_observation()
         return response
 
     def destroy_node(self):
