@@ -329,3 +329,20 @@ def test_collect_cli_writes_a_dataset_info_reads(tmp_path, capsys):
     assert (other / 'notes.txt').read_text() == 'mine'
     assert collect(['--task', 'no_such_task', '--episodes', '1', '--out', str(tmp_path / 'x')]) == 2
     assert 'unknown task' in capsys.readouterr().err
+
+
+def test_resume_redoes_a_bag_whose_conversion_was_interrupted(tmp_path, episodes, capsys):
+    bags = [write_episode_bag(tmp_path / f'bag{i}', e) for i, e in enumerate(episodes)]
+    out = tmp_path / 'dataset'
+    assert _run(['build', *map(str, bags), '--out', str(out)], capsys)[0] == 0
+    manifest_path = out / 'meta' / 'build.json'
+    manifest = json.loads(manifest_path.read_text())
+    # as if the build had stopped after writing the second bag's episode file, before marking the bag done
+    manifest['converted'].remove(str(bags[1].resolve()))
+    manifest_path.write_text(json.dumps(manifest))
+    (out / 'episodes' / 'episode_000001.npz.partial').write_bytes(b'cut short')
+    rc, _, err = _run(['build', *map(str, bags), '--out', str(out), '--resume'], capsys)
+    assert rc == 0, err
+    assert f'{bags[0]}: already converted' in err and f'{bags[1]}: episode_000001.npz' in err
+    assert [Path(e.source).name for e in iter_episodes(out)] == ['bag0', 'bag1']
+    assert json.loads((out / STATISTICS_FILE).read_text())['sim_widowx']['num_trajectories'] == 2

@@ -402,7 +402,7 @@ def prepare_output(opts: BuildOptions) -> dict:
         check_not_input(out, opts.bags, '--out')
     except BagError as exc:
         raise DatasetError(str(exc)) from None
-    fresh = {'format': BUILD_FORMAT, 'episodes': [], 'failed': {}, 'embodiment': opts.embodiment,
+    fresh = {'format': BUILD_FORMAT, 'episodes': [], 'converted': [], 'failed': {}, 'embodiment': opts.embodiment,
              'dataset_key': opts.dataset_key}
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise DatasetError(f'--out {out} exists and is not a directory; refusing to touch it')
@@ -437,6 +437,20 @@ def prepare_output(opts: BuildOptions) -> dict:
     return fresh
 
 
+def _drop_unfinished(out: Path, manifest: dict) -> None:
+    """Forget (and remove) the episodes of a bag whose conversion was interrupted: it is redone."""
+    converted = set(manifest['converted'])
+    keep = []
+    for e in manifest['episodes']:
+        if e['bag'] in converted and (out / EPISODES_DIR / e['file']).is_file():
+            keep.append(e)
+        else:
+            (out / EPISODES_DIR / e['file']).unlink(missing_ok=True)
+    if len(keep) != len(manifest['episodes']):
+        manifest['episodes'] = keep
+        _write_manifest(out, manifest)
+
+
 def _bag_key(path: str) -> str:
     return str(Path(os.path.abspath(path)).resolve())
 
@@ -451,7 +465,9 @@ def build(opts: BuildOptions, log=print) -> BuildResult:
     result = BuildResult(out)
     embodiment = load_embodiment(opts.embodiment)
     kinematics = ArmKinematics(embodiment)
-    done = {e['bag'] for e in manifest['episodes']}
+    manifest.setdefault('converted', [])
+    _drop_unfinished(out, manifest)
+    done = set(manifest['converted'])
     index = 1 + max((int(Path(e['file']).stem.split('_')[-1]) for e in manifest['episodes']), default=-1)
     out.mkdir(parents=True, exist_ok=True)
     for bag in opts.bags:
@@ -472,17 +488,23 @@ def build(opts: BuildOptions, log=print) -> BuildResult:
             result.errors.append(str(exc))
             log(f'error: {exc}')
             continue
-        # every episode of the bag is checked before the first is written: a bag is converted whole
+        # every episode of the bag is checked before the first is written: a bag is converted whole.
+        # Each episode is listed before its file is written, so an interrupted build leaves no file
+        # the manifest does not know; the bag counts as converted once all its episodes are there.
         for r, episode, dropped in episodes:
-            path = write_episode(out, index, episode)
-            entry = {'file': path.name, 'bag': key, 'source': r.source, 'steps': int(len(episode.actions)),
-                     'resampled_steps': r.steps, 'idle_steps_dropped': int(dropped),
-                     'instruction': episode.instruction}
+            entry = {'file': f'episode_{index:06d}.npz', 'bag': key, 'source': r.source,
+                     'steps': int(len(episode.actions)), 'resampled_steps': r.steps,
+                     'idle_steps_dropped': int(dropped), 'instruction': episode.instruction}
             manifest['episodes'].append(entry)
+            _write_manifest(out, manifest)
+            path = write_episode(out, index, episode)
+            assert path.name == entry['file']
             result.converted.append(entry)
             index += 1
             log(f'{r.source}: {path.name}, {entry["steps"]} steps ({dropped} idle dropped)')
         manifest['failed'].pop(key, None)
+        manifest['converted'].append(key)
+        done.add(key)
         _write_manifest(out, manifest)
     if not manifest['episodes']:
         result.errors.append(f'{out}: no episode could be converted')
