@@ -107,47 +107,62 @@ class CameraFeed:
         return fed
 
 
+def make_probe(context, name: str = 'test_probe'):
+    """The test's own node on a live graph and a SingleThreadedExecutor that spins it:
+    ``(node, executor)``; :func:`close_probe` ends both."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    node = rclpy.create_node(name, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    return node, executor
+
+
+def close_probe(node, executor) -> None:
+    executor.shutdown()
+    node.destroy_node()
+
+
+@pytest.fixture
+def probe(ros_context):
+    """``(node, executor)`` of :func:`make_probe` on the test's context, ended afterwards."""
+    node, executor = make_probe(ros_context)
+    try:
+        yield node, executor
+    finally:
+        close_probe(node, executor)
+
+
 class VlaProbe:
-    """A probe node on ``context`` beside a running vla_node (in ``namespace``): records its
-    actions and statuses and plays ``rgb`` on its camera topic (a :class:`CameraFeed`).
-    ``feed_until(p, t)`` spins, feeding the camera, until ``p()`` or ``t`` seconds; use as a
-    context manager (the node is destroyed on exit)."""
+    """On a probe ``(node, executor)``: records the actions and statuses of a vla_node in
+    ``namespace`` and, given ``rgb``, plays it on that vla_node's camera topic (a
+    :class:`CameraFeed`). ``feed_until(p, t)`` spins, feeding the camera, until ``p()`` or
+    ``t`` seconds."""
 
-    def __init__(self, context, name: str, rgb, namespace: str = '', period_s: float = 0.2):
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
+    def __init__(self, node, executor, rgb=None, namespace: str = '', period_s: float = 0.2,
+                 depth: int = 50):
         from openvla_ros import defaults
         from openvla_ros.msg import EndEffectorDelta, VlaStatus
         from openvla_ros.nodes import common
 
-        self.node = rclpy.create_node(name, context=context)
-        self.executor = SingleThreadedExecutor(context=context)
-        self.executor.add_node(self.node)
+        self.node, self.executor = node, executor
         self.actions: list = []
         self.statuses: list = []
-        self.node.create_subscription(EndEffectorDelta, defaults.in_namespace(defaults.ACTION_TOPIC, namespace),
-                                      self.actions.append, common.reliable_qos(50))
-        self.node.create_subscription(VlaStatus, defaults.in_namespace(defaults.VLA_STATUS_TOPIC, namespace),
-                                      self.statuses.append, common.latched_qos())
-        self.camera = CameraFeed(self.node, defaults.in_namespace(defaults.CAMERA_TOPIC, namespace), rgb,
-                                 period_s)
+        node.create_subscription(EndEffectorDelta, defaults.in_namespace(defaults.ACTION_TOPIC, namespace),
+                                 self.actions.append, common.reliable_qos(depth))
+        node.create_subscription(VlaStatus, defaults.in_namespace(defaults.VLA_STATUS_TOPIC, namespace),
+                                 self.statuses.append, common.latched_qos())
+        self.camera = None if rgb is None else CameraFeed(
+            node, defaults.in_namespace(defaults.CAMERA_TOPIC, namespace), rgb, period_s)
 
     def feed_until(self, predicate, timeout_s: float) -> bool:
-        return spin_until(self.executor, self.camera.until(predicate), timeout_s)
+        return spin_until(self.executor, predicate if self.camera is None else self.camera.until(predicate),
+                          timeout_s)
 
-    def now_ns(self) -> int:
-        return self.node.get_clock().now().nanoseconds
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-
-    def __enter__(self) -> 'VlaProbe':
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def state(self) -> int | None:
+        """The state of the newest status, None before the first."""
+        return self.statuses[-1].state if self.statuses else None
 
 
 class ProcessGroup:

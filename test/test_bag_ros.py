@@ -5,41 +5,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import spin_until
+from conftest import VlaProbe, spin_until
 from test_bag_support import T0_NS, TALKER_MESSAGES, write_bag, write_talker_bag
 
 from openvla_ros import defaults
 from openvla_ros.imaging import image_msg_to_rgb
+from openvla_ros.stamps import stamp_to_ns
 
 pytestmark = pytest.mark.ros
 
 BAG_CLI = 'openvla_ros.bag.cli'
 
 
-@pytest.fixture
-def graph(ros_context):
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    node = rclpy.create_node('bag_test_probe', context=ros_context)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(node)
-    try:
-        yield node, executor
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-
-
 def _stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    return stamp_to_ns(msg.header.stamp)
 
 
-def test_play_publishes_images_with_recorded_stamps_and_clock(tmp_path, graph, processes):
+def test_play_publishes_images_with_recorded_stamps_and_clock(tmp_path, probe, processes):
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
 
-    node, executor = graph
+    node, executor = probe
     bag = write_bag(tmp_path / 'cam', 'sqlite3', n_frames=5)
     images, clocks = [], []
     node.create_subscription(Image, defaults.CAMERA_TOPIC, images.append, 10)
@@ -53,18 +39,18 @@ def test_play_publishes_images_with_recorded_stamps_and_clock(tmp_path, graph, p
     for msg, rgb, enc in zip(images, bag.frames, bag.encodings):
         assert msg.encoding == enc
         np.testing.assert_array_equal(image_msg_to_rgb(msg), rgb)
-    clock_ns = [c.clock.sec * 10**9 + c.clock.nanosec for c in clocks]
+    clock_ns = [stamp_to_ns(c.clock) for c in clocks]
     assert clock_ns, 'no /clock message'
     # the clock follows the bag's timeline (log times T0 .. T0 + 0.4 s), never backwards
     assert all(T0_NS <= t <= T0_NS + 400_000_000 for t in clock_ns)
     assert clock_ns == sorted(clock_ns)
 
 
-def test_play_start_paused_steps_one_message_at_a_time(tmp_path, graph, processes):
+def test_play_start_paused_steps_one_message_at_a_time(tmp_path, probe, processes):
     from sensor_msgs.msg import Image
     from std_srvs.srv import Trigger
 
-    node, executor = graph
+    node, executor = probe
     bag = write_bag(tmp_path / 'cam', 'mcap', n_frames=4, instructions=())
     images = []
     node.create_subscription(Image, '/replayed/image', images.append, 10)
@@ -99,7 +85,7 @@ def test_play_start_paused_steps_one_message_at_a_time(tmp_path, graph, processe
     assert [_stamp_ns(m) for m in images] == bag.stamps_ns
 
 
-def test_record_round_trip_readable_by_rosbags_and_mcap_ros2(tmp_path, graph, processes):
+def test_record_round_trip_readable_by_rosbags_and_mcap_ros2(tmp_path, probe, processes):
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
     from sensor_msgs.msg import Image
@@ -112,7 +98,7 @@ def test_record_round_trip_readable_by_rosbags_and_mcap_ros2(tmp_path, graph, pr
     from openvla_ros.msg import EndEffectorDelta, VlaStatus
     from openvla_ros.nodes.common import latched_qos
 
-    node, executor = graph
+    node, executor = probe
     out = tmp_path / 'rec'
     status_pub = node.create_publisher(VlaStatus, defaults.VLA_STATUS_TOPIC, latched_qos())
     status = VlaStatus(state=VlaStatus.STATE_RUNNING, state_name='RUNNING', model_id='tiny')
@@ -158,7 +144,7 @@ def test_record_round_trip_readable_by_rosbags_and_mcap_ros2(tmp_path, graph, pr
     actions = got[defaults.ACTION_TOPIC]
     assert [list(a.action) for a in actions] == [f['action'] for f in sent]
     assert [list(a.action_token_ids) for a in actions] == [f['action_token_ids'] for f in sent]
-    assert [a.header.stamp.sec * 10**9 + a.header.stamp.nanosec for a in actions] == \
+    assert [_stamp_ns(a) for a in actions] == \
         [T0_NS + i * 10**8 for i in range(4)]
     assert [m.data for m in got[defaults.INSTRUCTION_TOPIC]] == [f'pick {i}' for i in range(4)]
     assert got[defaults.VLA_STATUS_TOPIC][0].state_name == 'RUNNING'
@@ -182,10 +168,10 @@ def test_record_round_trip_readable_by_rosbags_and_mcap_ros2(tmp_path, graph, pr
 
 
 @pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
-def test_play_publishes_every_message_of_a_rosbag2_talker_bag(tmp_path, graph, processes, storage):
+def test_play_publishes_every_message_of_a_rosbag2_talker_bag(tmp_path, probe, processes, storage):
     from std_msgs.msg import String
 
-    node, executor = graph
+    node, executor = probe
     bag = write_talker_bag(tmp_path / f'talker_{storage}', storage)
     got = []
     node.create_subscription(String, '/chatter', got.append, 50)
@@ -242,22 +228,19 @@ def test_record_replaces_only_a_bag_and_only_with_force(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['existing', 'notes.txt']
 
 
-def test_play_drives_vla_node_under_sim_time(tmp_path, graph, processes, tiny_checkpoint):
+def test_play_drives_vla_node_under_sim_time(tmp_path, probe, processes, tiny_checkpoint):
     """Replay with /clock into vla_node (use_sim_time): its actions carry the recorded image stamps,
     and the images are not stale although they were recorded long ago (the node follows the bag clock)."""
-    from openvla_ros.msg import EndEffectorDelta, VlaStatus
-    from openvla_ros.nodes.common import latched_qos
+    from openvla_ros.msg import VlaStatus
 
-    node, executor = graph
+    node, executor = probe
     bag = write_bag(tmp_path / 'run', 'mcap', n_frames=4, instructions=((0, 'pick up the block'),))
-    actions, statuses = [], []
-    node.create_subscription(EndEffectorDelta, defaults.ACTION_TOPIC, actions.append, 10)
-    node.create_subscription(VlaStatus, defaults.VLA_STATUS_TOPIC, statuses.append, latched_qos())
+    vla = VlaProbe(node, executor, depth=10)
+    actions = vla.actions
     processes.start('openvla_ros.nodes.vla_node', '--ros-args', '-p', f'model_path:={tiny_checkpoint}',
                     '-p', 'use_sim_time:=true', '-p', 'self_test:=false', '-p', 'max_image_age_s:=2.0',
                     name='vla_node')
-    assert spin_until(executor, lambda: statuses and statuses[-1].state == VlaStatus.STATE_IDLE, 90), \
-        processes.log('vla_node')
+    assert spin_until(executor, lambda: vla.state() == VlaStatus.STATE_IDLE, 90), processes.log('vla_node')
     play = processes.start(BAG_CLI, 'play', str(bag.path), '--clock', '100', '--rate', '0.5',
                            '--wait-for-subscribers-s', '20', name='play')
     assert spin_until(executor, lambda: play.poll() is not None and actions, 60), processes.log('play')

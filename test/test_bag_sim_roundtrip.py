@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import spin_until
+from conftest import VlaProbe, spin_until
 
 from openvla_ros import defaults, runtime_env
 from openvla_ros.bag.storage import BagSource, project_typestore
@@ -22,28 +22,12 @@ INSTRUCTION = 'put the spoon on the towel'
 STARTUP_TIMEOUT_S = 90.0
 
 
-@pytest.fixture
-def probe(ros_context):
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    node = rclpy.create_node('bag_roundtrip_probe', context=ros_context)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(node)
-    try:
-        yield node, executor
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-
-
 def test_record_play_eval_in_the_simulator(tmp_path, probe, processes, tiny_checkpoint):
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from openvla_ros.msg import EndEffectorDelta, VlaStatus
-    from openvla_ros.nodes.common import latched_qos
+    from openvla_ros.msg import VlaStatus
 
     node, executor = probe
     sim = processes.start('openvla_ros.nodes.sim_node', '--ros-args', '-p', 'image_width:=96',
@@ -81,13 +65,12 @@ def test_record_play_eval_in_the_simulator(tmp_path, probe, processes, tiny_chec
     assert all(-0.05 <= lag < 1.0 for lag in lags), lags[:5]
 
     # 2. play it with --clock into a use_sim_time vla_node: images are fresh on the node clock
-    actions, statuses = [], []
-    node.create_subscription(EndEffectorDelta, defaults.ACTION_TOPIC, actions.append, 50)
-    node.create_subscription(VlaStatus, defaults.VLA_STATUS_TOPIC, statuses.append, latched_qos())
+    vla = VlaProbe(node, executor)
+    actions, statuses = vla.actions, vla.statuses
     processes.start('openvla_ros.nodes.vla_node', '--ros-args', '-p', f'model_path:={tiny_checkpoint}',
                     '-p', 'use_sim_time:=true', '-p', 'max_image_age_s:=1.0', name='vla')
-    assert spin_until(executor, lambda: statuses and statuses[-1].state == VlaStatus.STATE_IDLE,
-                      STARTUP_TIMEOUT_S), processes.log('vla')
+    assert spin_until(executor, lambda: vla.state() == VlaStatus.STATE_IDLE, STARTUP_TIMEOUT_S), \
+        processes.log('vla')
     play = processes.start(BAG_CLI, 'play', str(out), '--clock', '--topics', defaults.CAMERA_TOPIC,
                            defaults.INSTRUCTION_TOPIC, '--wait-for-subscribers-s', '30', name='play')
     assert spin_until(executor, lambda: play.poll() is not None, 60), processes.log('play')

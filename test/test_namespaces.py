@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import CameraFeed, spin_until
+from conftest import VlaProbe, spin_until
 from openvla_ros import defaults
 from openvla_ros.cli.bringup import commands
 
@@ -70,12 +70,10 @@ def test_every_package_topic_of_a_namespaced_node_is_in_its_namespace(ros_contex
 
 
 @pytest.mark.timeout(600)
-def test_two_namespaced_node_sets_do_not_cross_talk(processes, ros_context, tiny_checkpoint):
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+def test_two_namespaced_node_sets_do_not_cross_talk(processes, probe, tiny_checkpoint):
     from std_msgs.msg import String
 
-    from openvla_ros.msg import ControllerStatus, EndEffectorDelta, VlaStatus
+    from openvla_ros.msg import ControllerStatus
     from openvla_ros.nodes import common
 
     for ns in ROBOTS:
@@ -83,60 +81,49 @@ def test_two_namespaced_node_sets_do_not_cross_talk(processes, ros_context, tiny
                                     'model_path': str(tiny_checkpoint)}):
             processes.start(argv[2], *argv[3:], '-p', 'max_image_age_s:=30.0', name=f'{ns}_{name}')
 
-    node = rclpy.create_node('namespace_probe', context=ros_context)
-    executor = SingleThreadedExecutor(context=ros_context)
-    executor.add_node(node)
-    actions = {ns: [] for ns in (*ROBOTS, '')}
-    statuses = {ns: [] for ns in ROBOTS}
+    node, executor = probe
+    # Only robot1 is shown a camera image; the root namespace is watched for leaks.
+    rgb = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    vla = {ns: VlaProbe(node, executor, rgb if ns == 'robot1' else None, namespace=ns)
+           for ns in (*ROBOTS, '')}
     controller = {ns: [] for ns in ROBOTS}
-    for ns in (*ROBOTS, ''):
-        node.create_subscription(EndEffectorDelta, defaults.in_namespace(defaults.ACTION_TOPIC, ns),
-                                 actions[ns].append, common.reliable_qos(50))
     for ns in ROBOTS:
-        node.create_subscription(VlaStatus, defaults.in_namespace(defaults.VLA_STATUS_TOPIC, ns),
-                                 statuses[ns].append, common.latched_qos())
         node.create_subscription(ControllerStatus,
                                  defaults.in_namespace(defaults.CONTROLLER_STATUS_TOPIC, ns),
                                  controller[ns].append, common.reliable_qos(10))
     instruction = node.create_publisher(
         String, defaults.in_namespace(defaults.INSTRUCTION_TOPIC, 'robot1'), common.reliable_qos(10))
-    try:
-        up = spin_until(executor, lambda: all(statuses[ns] for ns in ROBOTS), STARTUP_TIMEOUT_S)
-        assert up, {n: processes.log(n)[-1500:] for n, _ in processes.procs}
 
-        # Every package topic of each set lives in its namespace; only the global ones are shared.
-        def graph_complete() -> bool:
-            names = {n for n, _ in node.get_topic_names_and_types()}
-            return all(defaults.in_namespace(t, ns, defaults.VLA_NODE) in names
-                       for ns in ROBOTS for t in (defaults.ACTION_TOPIC, defaults.DEBUG_IMAGE_TOPIC,
-                                                  defaults.CONTROLLER_STATUS_TOPIC))
-        assert spin_until(executor, graph_complete, 30.0), sorted(
-            n for n, _ in node.get_topic_names_and_types())
-        leaked = sorted(t for t in PACKAGE_TOPICS if t not in defaults.GLOBAL_TOPICS
-                        and not t.startswith('~') and node.get_publishers_info_by_topic(t))
-        assert not leaked, f'published outside the namespaces: {leaked}'
+    up = spin_until(executor, lambda: all(vla[ns].statuses for ns in ROBOTS), STARTUP_TIMEOUT_S)
+    assert up, {n: processes.log(n)[-1500:] for n, _ in processes.procs}
 
-        rgb = np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)
-        camera = CameraFeed(node, defaults.in_namespace(defaults.CAMERA_TOPIC, 'robot1'), rgb)
+    # Every package topic of each set lives in its namespace; only the global ones are shared.
+    def graph_complete() -> bool:
+        names = {n for n, _ in node.get_topic_names_and_types()}
+        return all(defaults.in_namespace(t, ns, defaults.VLA_NODE) in names
+                   for ns in ROBOTS for t in (defaults.ACTION_TOPIC, defaults.DEBUG_IMAGE_TOPIC,
+                                              defaults.CONTROLLER_STATUS_TOPIC))
+    assert spin_until(executor, graph_complete, 30.0), sorted(
+        n for n, _ in node.get_topic_names_and_types())
+    leaked = sorted(t for t in PACKAGE_TOPICS if t not in defaults.GLOBAL_TOPICS
+                    and not t.startswith('~') and node.get_publishers_info_by_topic(t))
+    assert not leaked, f'published outside the namespaces: {leaked}'
 
-        said = [0]
+    camera, said = vla['robot1'].camera, [0]
 
-        def robot1_acted() -> bool:
-            if camera.sent != said[0]:   # with each frame: a late-matched subscription gets it too
-                instruction.publish(String(data='pick up the block'))
-                said[0] = camera.sent
-            return len(actions['robot1']) >= 3 and any(
-                s.actions_received > 0 for s in controller['robot1'])
+    def robot1_acted() -> bool:
+        if camera.sent != said[0]:   # with each frame: a late-matched subscription gets it too
+            instruction.publish(String(data='pick up the block'))
+            said[0] = camera.sent
+        return len(vla['robot1'].actions) >= 3 and any(
+            s.actions_received > 0 for s in controller['robot1'])
 
-        assert spin_until(executor, camera.until(robot1_acted), 90.0), (
-            len(actions['robot1']), processes.log('robot1_vla_node')[-2000:])
-        # robot2 saw no image, so it predicted nothing and its controller received nothing;
-        # nothing at all reached the root-namespace topic.
-        assert actions['robot2'] == [] and actions[''] == []
-        assert all(s.actions_received == 0 for s in controller['robot2'])
-        assert all(s.frames_received == 0 for s in statuses['robot2'])
-    finally:
-        executor.shutdown()
-        node.destroy_node()
+    assert vla['robot1'].feed_until(robot1_acted, 90.0), (
+        len(vla['robot1'].actions), processes.log('robot1_vla_node')[-2000:])
+    # robot2 saw no image, so it predicted nothing and its controller received nothing;
+    # nothing at all reached the root-namespace topics.
+    assert vla['robot2'].actions == [] and vla[''].actions == [] and vla[''].statuses == []
+    assert all(s.actions_received == 0 for s in controller['robot2'])
+    assert all(s.frames_received == 0 for s in vla['robot2'].statuses)
     codes = processes.stop(timeout_s=20.0)
     assert set(codes.values()) == {0}, codes

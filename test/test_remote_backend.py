@@ -132,8 +132,7 @@ def test_plain_server_error_answer_is_an_error_not_an_action(plain_server, case)
 
 
 @pytest.mark.ros
-def test_vla_node_remote_backend_against_plain_act_server(plain_server, case, processes,
-                                                         ros_context):
+def test_vla_node_remote_backend_against_plain_act_server(plain_server, case, processes, probe):
     from conftest import VlaProbe
 
     c, rgb = case
@@ -142,13 +141,13 @@ def test_vla_node_remote_backend_against_plain_act_server(plain_server, case, pr
                     '-p', 'server_timeout_s:=60.0', '-p', f'unnorm_key:={c["unnorm_key"]}',
                     '-p', 'model_id:=openvla-7b', '-p', f'instruction:={c["instruction"]}',
                     '-p', 'max_rate_hz:=5.0', '-p', 'max_image_age_s:=30.0')
-    with VlaProbe(ros_context, 'plain_act_probe', rgb) as probe:
-        assert probe.feed_until(lambda: len(probe.actions) >= 2, 120.0), \
-            f'no actions from vla_node:\n{processes.log("vla_node")[-3000:]}'
-        for a in probe.actions:
-            np.testing.assert_array_equal(np.asarray(a.action), c['action'])
-            assert list(a.action_token_ids) == []   # a plain server does not report them
-        model = probe.actions[-1].model_id
-        # the status names what is really serving: the URL and the kind, the YAML's id as a claim
-        assert plain_server.url in model and 'plain /act server' in model, model
-        assert any(s.model_id == model for s in probe.statuses)
+    vla = VlaProbe(*probe, rgb)
+    assert vla.feed_until(lambda: len(vla.actions) >= 2, 120.0), \
+        f'no actions from vla_node:\n{processes.log("vla_node")[-3000:]}'
+    for a in vla.actions:
+        np.testing.assert_array_equal(np.asarray(a.action), c['action'])
+        assert list(a.action_token_ids) == []   # a plain server does not report them
+    model = vla.actions[-1].model_id
+    # the status names what is really serving: the URL and the kind, the YAML's id as a claim
+    assert plain_server.url in model and 'plain /act server' in model, model
+    assert any(s.model_id == model for s in vla.statuses)
