@@ -10,10 +10,8 @@ node processes refuse to run for a test without it, so ``-m "not ros"`` is reall
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from openvla_ros import runtime_env
@@ -206,6 +204,43 @@ def processes(request, tmp_path):
         yield group
     finally:
         group.stop()
+
+
+# ---- controller core tests (ROS-free, the real wx250s MJCF and IK) ----
+HOME_Q = (0.0, -0.96, 1.16, 0.0, -0.3, 0.0)   # wx250s joints near the Bridge start pose (the IK seed)
+
+
+@pytest.fixture(scope='module')
+def bridge():
+    """The widowx_250s_bridge embodiment."""
+    from openvla_ros.control.embodiment import load_embodiment
+
+    return load_embodiment('widowx_250s_bridge')
+
+
+@pytest.fixture(scope='module')
+def kin(bridge):
+    from openvla_ros.control.kinematics import ArmKinematics
+
+    return ArmKinematics(bridge)
+
+
+@pytest.fixture(scope='module')
+def start_q(bridge, kin):
+    """The joint positions of the embodiment's start pose."""
+    import numpy as np
+
+    r = kin.solve(bridge.start_pose, np.array(HOME_Q))
+    assert r.success, r.reason
+    return r.joint_positions
+
+
+def enabled_controller(embodiment, kin, latch=None, **overrides):
+    """``(embodiment with overrides, SafetyController on it)``, enabled from the start."""
+    from openvla_ros.control.safety import SafetyController
+
+    e = embodiment.with_overrides(start_enabled=True, **overrides)
+    return e, SafetyController(e, kin, latch)
 
 
 # ---- engine tests ----

@@ -7,30 +7,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.spatial.transform import Rotation
 
-from openvla_ros.control.embodiment import EmbodimentConfigError, load_embodiment
+from conftest import enabled_controller
+from openvla_ros.control.embodiment import EmbodimentConfigError
 from openvla_ros.control.geometry import Pose, rotation_from_static_xyz
-from openvla_ros.control.kinematics import ArmKinematics
 from openvla_ros.control.safety import JOINT_SPEED_LIMIT, ActionInput, Command, Mode, Refusal, SafetyController
-
-HOME_Q = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0])
-
-
-@pytest.fixture(scope='module')
-def bridge():
-    return load_embodiment('widowx_250s_bridge')
-
-
-@pytest.fixture(scope='module')
-def kin(bridge):
-    return ArmKinematics(bridge)
-
-
-@pytest.fixture(scope='module')
-def start_q(bridge, kin):
-    r = kin.solve(bridge.start_pose, HOME_Q)
-    assert r.success, r.reason
-    return r.joint_positions
-
 
 def test_fk_matches_the_kinematic_table(kin):
     # all joints zero: arm stretched along x at shoulder height + upper arm
@@ -64,8 +44,7 @@ def test_unreachable_pose_is_refused(bridge, kin, start_q):
 
 
 def _controller(bridge, kin, q, **overrides):
-    e = bridge.with_overrides(start_enabled=True, **overrides)
-    c = SafetyController(e, kin)
+    e, c = enabled_controller(bridge, kin, **overrides)
     c.update_joints(dict(zip(e.arm_joints, q)))
     c.update_joints({'left_finger': 0.037})
     return c

@@ -10,28 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from openvla_ros.control.embodiment import EmbodimentConfigError, load_embodiment
-from openvla_ros.control.kinematics import ArmKinematics
+from conftest import enabled_controller
+from openvla_ros.control.embodiment import EmbodimentConfigError
 from openvla_ros.control.safety import PERIOD_TOLERANCE_S, ActionInput, Command, EStopLatch, Refusal, SafetyController
 
-HOME_Q = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0])
 TICK_S = 0.02
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-@pytest.fixture(scope='module')
-def bridge():
-    return load_embodiment('widowx_250s_bridge')
-
-
-@pytest.fixture(scope='module')
-def kin(bridge):
-    return ArmKinematics(bridge)
-
-
-@pytest.fixture(scope='module')
-def start_q(bridge, kin):
-    return kin.solve(bridge.start_pose, HOME_Q).joint_positions
 
 
 def _check_speed(e, cmd: Command, q_latest: np.ndarray) -> None:
@@ -49,8 +33,7 @@ actions = st.lists(st.floats(-0.3, 0.3), min_size=7, max_size=7)
 @given(rate_hz=st.floats(1.0, 1000.0), stream=st.lists(actions, min_size=5, max_size=60),
        follow=st.booleans())
 def test_any_input_rate_moves_at_most_one_clip_per_control_period(bridge, kin, start_q, rate_hz, stream, follow):
-    e = bridge.with_overrides(start_enabled=True)
-    c = SafetyController(e, kin)
+    e, c = enabled_controller(bridge, kin)
     q = np.array(start_q)
     now = 100.0
     c.update_joints(dict(zip(e.arm_joints, q)), now, now)
@@ -92,8 +75,7 @@ def test_any_input_rate_moves_at_most_one_clip_per_control_period(bridge, kin, s
 
 
 def test_a_1khz_burst_executes_the_newest_action_once_per_period(bridge, kin, start_q):
-    e = bridge.with_overrides(start_enabled=True)
-    c = SafetyController(e, kin)
+    e, c = enabled_controller(bridge, kin)
     c.update_joints(dict(zip(e.arm_joints, start_q)), 10.0, 10.0)
     start = kin.forward(start_q).position
     first = c.on_action(ActionInput((0.05, 0, 0, 0, 0, 0, 1), 10.0, e.base_frame_id), 10.0, 10.0)
@@ -145,8 +127,7 @@ def test_no_command_from_a_joint_that_is_not_freshly_measured(bridge, kin, start
     joints that each had a finite measurement within max_joint_state_age_s, and moves no joint
     faster than the limit from that measurement."""
     rng = np.random.default_rng(seed)
-    e = bridge.with_overrides(start_enabled=True, watchdog_timeout_s=0.3, max_joint_state_age_s=0.1)
-    c = SafetyController(e, kin)
+    e, c = enabled_controller(bridge, kin, watchdog_timeout_s=0.3, max_joint_state_age_s=0.1)
     names = list(e.arm_joints)
     truth = np.array(start_q)                       # where the arm really is
     last_fresh = {n: (None, -1.0) for n in names}   # the oracle: newest finite value per joint
@@ -175,8 +156,7 @@ def test_no_command_from_a_joint_that_is_not_freshly_measured(bridge, kin, start
 def test_frozen_joints_then_watchdog_sends_no_fast_hold(bridge, kin, start_q):
     """The reported fault: NaN states kept the measurement 'fresh' and the hold then commanded
     the frozen pose at 5.41 rad/s. Now the NaN messages refresh nothing: no hold is sent."""
-    e = bridge.with_overrides(start_enabled=True)
-    c = SafetyController(e, kin)
+    e, c = enabled_controller(bridge, kin)
     names = list(e.arm_joints)
     c.update_joints(dict(zip(names, start_q)), 10.0, 10.0)
     assert isinstance(c.on_action(ActionInput((0.01, 0, 0, 0, 0, 0, 1), 10.0, e.base_frame_id), 10.0, 10.0), Command)
@@ -193,8 +173,7 @@ def test_frozen_joints_then_watchdog_sends_no_fast_hold(bridge, kin, start_q):
 def test_steady_clock_bounds_hold_when_the_node_clock_stops(bridge, kin, start_q):
     """use_sim_time with the simulator killed: /clock and /joint_states stop together. The
     node clock stands still, the steady clock does not: actions are refused."""
-    e = bridge.with_overrides(start_enabled=True)
-    c = SafetyController(e, kin)
+    e, c = enabled_controller(bridge, kin)
     c.update_joints(dict(zip(e.arm_joints, start_q)), 5.0, 1000.0)
     assert isinstance(c.on_action(ActionInput((0.01, 0, 0, 0, 0, 0, 1), 5.0, e.base_frame_id), 5.0, 1000.0), Command)
     # sim time frozen at 5.0, 2 s of wall time later
@@ -206,8 +185,7 @@ def test_steady_clock_bounds_hold_when_the_node_clock_stops(bridge, kin, start_q
 
 
 def test_wrong_action_frame_is_refused(bridge, kin, start_q):
-    e = bridge.with_overrides(start_enabled=True)
-    c = SafetyController(e, kin)
+    e, c = enabled_controller(bridge, kin)
     c.update_joints(dict(zip(e.arm_joints, start_q)), 10.0, 10.0)
     for frame in ('', 'wx250s/ee_gripper_link', 'map'):
         r = c.on_action(ActionInput((0.01, 0, 0, 0, 0, 0, 1), 10.0, frame), 10.0, 10.0)
@@ -226,9 +204,8 @@ events = st.lists(st.sampled_from(['action', 'estop', 'release', 'reset', 'enabl
 def test_after_an_estop_nothing_moves_until_reset(bridge, kin, start_q, seq, tmp_path_factory):
     """Random enable / e-stop / rebuild sequences: the latch is kept by an EStopLatch that a
     rebuilt controller (what on_configure does) shares, so only reset_estop clears it."""
-    e = bridge.with_overrides(start_enabled=True)
     latch = EStopLatch(tmp_path_factory.mktemp('latch') / 'estop')
-    c = SafetyController(e, kin, latch)
+    e, c = enabled_controller(bridge, kin, latch)
     now = 10.0
     latched = False
     for ev in seq + ['action']:
