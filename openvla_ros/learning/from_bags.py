@@ -16,7 +16,8 @@ one episode, or several when it carries episode markers. What it must hold:
 - optionally episode markers: ``std_msgs/String`` ``start`` / ``end`` on /openvla/episode.
 
 Resampling: step k is at ``t0 + k * control_period_s`` (the embodiment's control period), t0 the
-first action's header stamp. The state of step k is the joints interpolated at that time, its
+header stamp of the first action with a joint state and a frame at or before it (a recording started
+mid-run may begin with actions of older frames). The state of step k is the joints interpolated at that time, its
 frame the newest camera frame at most one control period old, its action the newest command at
 or before it. The labels are then exactly the in-process collection's
 (:func:`openvla_ros.learning.collect.episode_from_result`: :func:`bridge_labels` on the reached
@@ -253,17 +254,23 @@ def resample(rec: Recording, embodiment, kinematics, max_gap_periods: float = DE
         raise DatasetError(f'{src}: no instruction ({defaults.INSTRUCTION_TOPIC} before the first action; '
                            'or pass --instruction TEXT)')
     a_t = rec.actions.stamps_ns
-    t0, t_last = int(a_t[0]), int(a_t[-1])
+    j_t = rec.joints.stamps_ns
+    # a recording started mid-run may hold actions from before its first joint state or frame
+    # (an action carries its source image's stamp): the episode starts at the first action
+    # that has both
+    ready = max(int(j_t[0]), int(rec.images.stamps_ns[0]) if rec.images is not None else int(j_t[0])) - tol_ns
+    first = int(np.searchsorted(a_t, ready, side='left'))
+    if first >= len(a_t):
+        raise DatasetError(f'{src}: every action comes before the first joint state ({j_t[0] / NS_PER_S:.3f} s)'
+                           + (f' or camera frame ({rec.images.stamps_ns[0] / NS_PER_S:.3f} s)'
+                              if rec.images is not None else '') + ': no initial state')
+    t0, t_last = int(a_t[first]), int(a_t[-1])
     for s in (rec.actions, rec.joints) + ((rec.images,) if rec.images is not None else ()):
         _check_clock(src, s, period_ns, max_gap_periods, t0 - period_ns, t_last + period_ns)
     short = [i for i, v in enumerate(rec.actions.values) if len(v) < MIN_ACTION_DIM]
     if short:
         raise DatasetError(f'{src}: action #{short[0]} has {len(rec.actions.values[short[0]])} values; '
                            f'an end-effector delta has {MIN_ACTION_DIM}')
-    j_t = rec.joints.stamps_ns
-    if j_t[0] > t0 + tol_ns:
-        raise DatasetError(f'{src}: the first joint state ({j_t[0] / NS_PER_S:.3f} s) comes after the first '
-                           f'action ({t0 / NS_PER_S:.3f} s): no initial state')
     steps = int(np.floor((t_last - t0 + tol_ns) / period_ns)) + 1
     while steps > 0 and t0 + steps * period_ns > j_t[-1] + tol_ns:
         steps -= 1    # no measured state after the last step(s): the bag ended too early
