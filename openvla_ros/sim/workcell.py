@@ -163,7 +163,7 @@ class WorkcellSim:
         if seed is None or seed < 0:
             return nominal
         rng = np.random.default_rng(seed)
-        radius = {n: self._planar_radius(n) for n in self.object_names}
+        radius = {n: self.planar_radius(n) for n in self.object_names}
         placed: dict[str, np.ndarray] = {}
         for name in self.object_names:
             for _ in range(_MAX_PLACEMENT_TRIES):
@@ -182,23 +182,30 @@ class WorkcellSim:
 
     def planar_radius(self, body_name: str) -> float:
         """Radius of a circle around the body origin that contains the footprint of its geoms."""
-        return self._planar_radius(body_name)
+        m = self.model
+        return max(float(np.linalg.norm(m.geom_pos[g][:2])) + self._geom_extent(g)[0]
+                   for g in self._body_geoms(body_name))
 
     def top_offset_m(self, body_name: str) -> float:
         """Height of the body's highest geom point above the body origin, for an upright body."""
         m = self.model
-        b = m.body(body_name).id
-        t = mujoco.mjtGeom
-        tops = []
-        for g in range(m.ngeom):
-            if m.geom_bodyid[g] != b:
-                continue
-            size, kind = m.geom_size[g], int(m.geom_type[g])
-            half = {int(t.mjGEOM_BOX): size[2], int(t.mjGEOM_ELLIPSOID): size[2],
-                    int(t.mjGEOM_CYLINDER): size[1], int(t.mjGEOM_SPHERE): size[0],
-                    int(t.mjGEOM_CAPSULE): size[0] + size[1]}.get(kind, m.geom_rbound[g])
-            tops.append(float(m.geom_pos[g][2]) + float(half))
-        return max(tops)
+        return max(float(m.geom_pos[g][2]) + self._geom_extent(g)[1] for g in self._body_geoms(body_name))
+
+    def _body_geoms(self, body_name: str) -> list[int]:
+        b = self.model.body(body_name).id
+        return [g for g in range(self.model.ngeom) if self.model.geom_bodyid[g] == b]
+
+    def _geom_extent(self, g: int) -> tuple[float, float]:
+        """(horizontal radius, half height) of geom ``g`` about its own origin, upright (its axis
+        vertical); the bounding sphere radius for both where the shape has no closed form."""
+        m = self.model
+        size, kind, t = m.geom_size[g], int(m.geom_type[g]), mujoco.mjtGeom
+        extent = {int(t.mjGEOM_BOX): (np.hypot(size[0], size[1]), size[2]),
+                  int(t.mjGEOM_ELLIPSOID): (max(size[0], size[1]), size[2]),
+                  int(t.mjGEOM_CYLINDER): (size[0], size[1]),
+                  int(t.mjGEOM_SPHERE): (size[0], size[0]),
+                  int(t.mjGEOM_CAPSULE): (size[0], size[0] + size[1])}.get(kind, (m.geom_rbound[g],) * 2)
+        return float(extent[0]), float(extent[1])
 
     def place_object(self, name: str, x: float, y: float, yaw_rad: float) -> None:
         """Put object ``name`` upright at planar position (x, y), turned by ``yaw_rad`` about the
@@ -223,28 +230,6 @@ class WorkcellSim:
 
     def body_position(self, name: str) -> np.ndarray:
         return self.data.body(name).xpos.copy()
-
-    def _planar_radius(self, body_name: str) -> float:
-        """Radius of a circle around the body origin that contains the footprint of its geoms."""
-        m = self.model
-        b = m.body(body_name).id
-        t = mujoco.mjtGeom
-        radii = []
-        for g in range(m.ngeom):
-            if m.geom_bodyid[g] != b:
-                continue
-            size = m.geom_size[g]
-            kind = int(m.geom_type[g])
-            if kind == int(t.mjGEOM_BOX):
-                r = float(np.hypot(size[0], size[1]))
-            elif kind in (int(t.mjGEOM_CYLINDER), int(t.mjGEOM_SPHERE), int(t.mjGEOM_CAPSULE)):
-                r = float(size[0])
-            elif kind == int(t.mjGEOM_ELLIPSOID):
-                r = float(max(size[0], size[1]))
-            else:
-                r = float(m.geom_rbound[g])
-            radii.append(float(np.linalg.norm(m.geom_pos[g][:2])) + r)
-        return max(radii)
 
     # ---------------------------------------------------------------- commands
     def set_joint_targets(self, targets: Mapping[str, float]) -> None:
