@@ -43,37 +43,35 @@ class _Layout:
     planar_420: bool = False        # NV12/NV21: height rows of Y, then height/2 rows of UV
 
 
-_ENCODINGS: dict[str, _Layout] = {
-    'rgb8': _Layout(3, 1, (0, 1, 2)),
-    'bgr8': _Layout(3, 1, (2, 1, 0)),
-    'rgba8': _Layout(4, 1, (0, 1, 2)),
-    'bgra8': _Layout(4, 1, (2, 1, 0)),
-    'mono8': _Layout(1, 1, None),
-    '8UC1': _Layout(1, 1, None),
-    '8UC3': _Layout(3, 1, (2, 1, 0)),   # OpenCV convention: BGR
-    '8UC4': _Layout(4, 1, (2, 1, 0)),   # OpenCV convention: BGRA
-    'rgb16': _Layout(3, 2, (0, 1, 2)),
-    'bgr16': _Layout(3, 2, (2, 1, 0)),
-    'rgba16': _Layout(4, 2, (0, 1, 2)),
-    'bgra16': _Layout(4, 2, (2, 1, 0)),
-    'mono16': _Layout(1, 2, None),
-    '16UC1': _Layout(1, 2, None),
+def _encoding_table() -> dict[str, _Layout]:
+    """Every raw encoding, each layout once for both sample depths (8 and 16 bit)."""
+    direct = {'rgb': (3, (0, 1, 2)), 'bgr': (3, (2, 1, 0)), 'rgba': (4, (0, 1, 2)),
+              'bgra': (4, (2, 1, 0)), 'mono': (1, None)}
+    # OpenCV type names (16-bit: one channel only); by its convention 3 and 4 channels are BGR(A)
+    cv_types = {'C1': (1, None), 'C3': (3, (2, 1, 0)), 'C4': (4, (2, 1, 0))}
     # cv_bridge's codes; OpenCV names a Bayer pattern after the second row's first two pixels
-    'yuv422': _Layout(2, 1, None, 'COLOR_YUV2RGB_UYVY'),
-    'uyvy': _Layout(2, 1, None, 'COLOR_YUV2RGB_UYVY'),
-    'yuv422_yuy2': _Layout(2, 1, None, 'COLOR_YUV2RGB_YUYV'),
-    'yuyv': _Layout(2, 1, None, 'COLOR_YUV2RGB_YUYV'),
-    'nv21': _Layout(1, 1, None, 'COLOR_YUV2RGB_NV21', planar_420=True),
-    'nv12': _Layout(1, 1, None, 'COLOR_YUV2RGB_NV12', planar_420=True),
-    'bayer_rggb8': _Layout(1, 1, None, 'COLOR_BayerBG2RGB'),
-    'bayer_bggr8': _Layout(1, 1, None, 'COLOR_BayerRG2RGB'),
-    'bayer_gbrg8': _Layout(1, 1, None, 'COLOR_BayerGR2RGB'),
-    'bayer_grbg8': _Layout(1, 1, None, 'COLOR_BayerGB2RGB'),
-    'bayer_rggb16': _Layout(1, 2, None, 'COLOR_BayerBG2RGB'),
-    'bayer_bggr16': _Layout(1, 2, None, 'COLOR_BayerRG2RGB'),
-    'bayer_gbrg16': _Layout(1, 2, None, 'COLOR_BayerGR2RGB'),
-    'bayer_grbg16': _Layout(1, 2, None, 'COLOR_BayerGB2RGB'),
-}
+    bayer = {'rggb': 'BG', 'bggr': 'RG', 'gbrg': 'GR', 'grbg': 'GB'}
+    table: dict[str, _Layout] = {}
+    for bits in (8, 16):
+        size = bits // 8
+        table.update({f'{name}{bits}': _Layout(ch, size, order) for name, (ch, order) in direct.items()})
+        table.update({f'{bits}U{name}': _Layout(ch, size, order) for name, (ch, order) in cv_types.items()
+                      if bits == 8 or name == 'C1'})
+    table.update({
+        'yuv422': _Layout(2, 1, None, 'COLOR_YUV2RGB_UYVY'),
+        'uyvy': _Layout(2, 1, None, 'COLOR_YUV2RGB_UYVY'),
+        'yuv422_yuy2': _Layout(2, 1, None, 'COLOR_YUV2RGB_YUYV'),
+        'yuyv': _Layout(2, 1, None, 'COLOR_YUV2RGB_YUYV'),
+        'nv21': _Layout(1, 1, None, 'COLOR_YUV2RGB_NV21', planar_420=True),
+        'nv12': _Layout(1, 1, None, 'COLOR_YUV2RGB_NV12', planar_420=True),
+    })
+    for bits in (8, 16):
+        table.update({f'bayer_{tile}{bits}': _Layout(1, bits // 8, None, f'COLOR_Bayer{cv}2RGB')
+                      for tile, cv in bayer.items()})
+    return table
+
+
+_ENCODINGS = _encoding_table()
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
 # where each colour sits in a 2x2 Bayer tile, row-major: the pattern named by the ROS encoding
 _BAYER_TILES = {'rggb': 'RGGB', 'bggr': 'BGGR', 'gbrg': 'GBRG', 'grbg': 'GRBG'}
