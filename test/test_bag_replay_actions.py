@@ -29,6 +29,7 @@ def test_replay_of_a_real_episode_reaches_the_recorded_trajectory(tmp_path, epis
     report = json.loads((out / 'replay.json').read_text())
     assert report['steps'] == episode[0].steps
     assert report['refused_actions'] == 0
+    assert report['recorded_target_offset_m'] is None     # the recorded controller started at step 0 too
     # the recorded path spans centimetres; the replay follows it to within a millimetre
     path = np.linalg.norm(episode[0].ee_positions[-1] - episode[0].ee_positions[0])
     assert path > 0.05
@@ -48,10 +49,22 @@ def test_replay_of_a_real_episode_reaches_the_recorded_trajectory(tmp_path, epis
     assert again['position_error_m']['max'] < 1e-3
 
 
+def test_a_recording_started_mid_run_replays_from_there(tmp_path, episode):
+    """A bag whose recording starts at step 3: the replay starts from the joints recorded there;
+    the recorded controller's target then (on /arm_controller/target_pose) is reported."""
+    bag = write_episode_bag(tmp_path / 'mid_run', episode, first=3)
+    assert main(['replay-actions', str(bag), '--out', str(tmp_path / 'r')]) == 0
+    report = json.loads((tmp_path / 'r' / 'replay.json').read_text())
+    assert report['steps'] == episode[0].steps - 3
+    offset = report['recorded_target_offset_m']
+    assert offset is not None and offset < 0.02
+    assert report['position_error_m']['max'] < offset + 2e-3
+
+
 def test_replay_shows_actions_that_do_not_match_the_joint_states(tmp_path, episode):
     """Joint states of another episode: the same actions cannot reproduce them."""
     other = record_episode('reach_green_can', 1)
-    result, joints, times = episode
+    result, joints, times = episode[:3]
     n = min(result.steps, other[0].steps)
     mixed = (result, other[1][:n + 1], times)
     bag = write_episode_bag(tmp_path / 'mixed', mixed, steps=n)

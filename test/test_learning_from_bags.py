@@ -36,7 +36,7 @@ class _RecordingExpert:
         from openvla_ros.evaluation.policies import ExpertPolicy
 
         self.inner = ExpertPolicy()
-        self.joints, self.times = [], []
+        self.joints, self.times, self.targets = [], [], []
 
     def start_episode(self, env, task):
         self.env = env
@@ -45,11 +45,14 @@ class _RecordingExpert:
     def predict(self, image, instruction, unnorm_key=None):
         self.joints.append(self.env.joint_state())
         self.times.append(self.env.sim.time_s)
+        target = self.env.controller.target    # the commanded target the action composes onto
+        self.targets.append(None if target is None else np.array(target.position))
         return self.inner.predict(image, instruction, unnorm_key)
 
 
 def record_episode(task: str = 'reach_red_block', seed: int = 0):
-    """(EpisodeResult with frames, joint states [steps + 1], sim times [steps + 1]) of one expert episode."""
+    """(EpisodeResult with frames, joint states [steps + 1], sim times [steps + 1], the controller's
+    target position before each action [steps]) of one expert episode."""
     from openvla_ros.evaluation.runner import EpisodeEnv, run_episode
 
     env = EpisodeEnv(image_size=(IMAGE_SIZE, IMAGE_SIZE))
@@ -61,17 +64,20 @@ def record_episode(task: str = 'reach_red_block', seed: int = 0):
     finally:
         env.close()
     assert result.success and result.steps >= 5
-    return result, joints, times
+    return result, joints, times, policy.targets
 
 
 def write_episode_bag(path: Path, episode, storage: str = 'mcap', compressed: bool = False,
                       omit: tuple[str, ...] = (), stamp=None, joints=None, steps: int | None = None,
-                      t0_ns: int = T0_NS, writer=None, markers: bool = False) -> Path:
+                      t0_ns: int = T0_NS, writer=None, markers: bool = False, first: int = 0) -> Path:
     """A bag as the graph records it: /joint_states, the camera, /openvla/action, /openvla/instruction.
 
     ``stamp(topic, k, ns)`` changes header stamps; ``joints`` replaces the joint states;
-    ``steps`` keeps only the first actions; ``writer``: (writer, connections) of a bag being written."""
-    result, recorded_joints, times = episode
+    ``steps`` keeps only the first actions, ``first`` starts the recording at that step (mid-run);
+    ``writer``: (writer, connections) of a bag being written.
+    The controller's targets, when the episode has them, go to /arm_controller/target_pose."""
+    result, recorded_joints, times = episode[:3]
+    targets = episode[3] if len(episode) > 3 else []
     joints = joints or recorded_joints
     store = project_typestore()
     T = store.types
@@ -80,7 +86,8 @@ def write_episode_bag(path: Path, episode, storage: str = 'mcap', compressed: bo
     cam_topic = defaults.COMPRESSED_CAMERA_TOPIC if compressed else defaults.CAMERA_TOPIC
     cam_type = 'sensor_msgs/msg/CompressedImage' if compressed else 'sensor_msgs/msg/Image'
     topics = {defaults.JOINT_STATES_TOPIC: 'sensor_msgs/msg/JointState', cam_topic: cam_type,
-              defaults.ACTION_TOPIC: ENDEFFECTOR_DELTA_TYPE, defaults.INSTRUCTION_TOPIC: 'std_msgs/msg/String'}
+              defaults.ACTION_TOPIC: ENDEFFECTOR_DELTA_TYPE, defaults.INSTRUCTION_TOPIC: 'std_msgs/msg/String',
+              defaults.TARGET_POSE_TOPIC: 'geometry_msgs/msg/PoseStamped'}
     if markers:
         topics['/openvla/episode'] = 'std_msgs/msg/String'
     own = writer is None
@@ -101,8 +108,8 @@ def write_episode_bag(path: Path, episode, storage: str = 'mcap', compressed: bo
 
     put('/openvla/episode', t0_ns - 2_000_000, T['std_msgs/msg/String'](data='start'))
     put(defaults.INSTRUCTION_TOPIC, t0_ns - 1_000_000, T['std_msgs/msg/String'](data=result.instruction))
-    for k in range(n + 1):
-        t = t0_ns + round(times[k] * 1e9) - round(times[0] * 1e9)
+    for k in range(first, n + 1):
+        t = t0_ns + round(times[k] * 1e9) - round(times[first] * 1e9)
         names = list(joints[k])
         put(defaults.JOINT_STATES_TOPIC, t, T['sensor_msgs/msg/JointState'](
             header=header(defaults.JOINT_STATES_TOPIC, k, t), name=names,
@@ -122,6 +129,12 @@ def write_episode_bag(path: Path, episode, storage: str = 'mcap', compressed: bo
                                              encoding='rgb8', is_bigendian=f['is_bigendian'], step=f['step'],
                                              data=np.frombuffer(f['data'], np.uint8))
         put(cam_topic, t + 1_000_000, img)
+        if k < len(targets) and targets[k] is not None:   # the target action k composes onto
+            x, y, z = (float(v) for v in targets[k])
+            put(defaults.TARGET_POSE_TOPIC, t - 1_000_000, T['geometry_msgs/msg/PoseStamped'](
+                header=header(defaults.TARGET_POSE_TOPIC, k, t - 1_000_000), pose=T['geometry_msgs/msg/Pose'](
+                    position=T['geometry_msgs/msg/Point'](x=x, y=y, z=z),
+                    orientation=T['geometry_msgs/msg/Quaternion'](x=0.0, y=0.0, z=0.0, w=1.0))))
         action = result.actions[k]
         fields = prediction_to_delta_fields(
             PredictionResult(action=action, normalized_action=action, action_token_ids=np.zeros(7, np.int64),
@@ -226,7 +239,7 @@ def test_each_bad_bag_is_named_and_the_converted_episodes_stay(tmp_path, episode
 
 
 def test_degenerate_statistics_name_the_bag_and_keep_the_episode(tmp_path, episodes, capsys):
-    result, joints, times = episodes[0]
+    result, joints, times = episodes[0][:3]
     frozen = write_episode_bag(tmp_path / 'frozen_arm', episodes[0], joints=[joints[0]] * len(joints))
     out = tmp_path / 'dataset'
     rc, _, err = _run(['build', str(frozen), '--out', str(out)], capsys)

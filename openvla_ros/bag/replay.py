@@ -10,6 +10,11 @@ grid): max/mean position error in metres, max rotation error, refused actions. A
 the bag's actions, its joint states and the simulator agree (a bag from the simulator replays
 to within millimetres); a large one points at lag, refusals or a model that differs from the arm.
 
+The replay's controller starts with its target on the measured pose (as after ``~/reset_target``);
+a recording taken mid-run continues from the recorded controller's target, which may have run
+away from the arm. ``recorded_target_offset_m`` (when ``/arm_controller/target_pose`` was
+recorded) says by how much, and so how much of a large error is that start.
+
 Writes ``replay.json`` and ``replay.png`` into ``--out`` (default ``<bag>_replay``).
 """
 from __future__ import annotations
@@ -129,6 +134,7 @@ def replay(opts: ReplayOptions) -> dict:
         'start': policy.start_note, 'start_joints': start,
         'position_error_m': {'max': float(err.max()), 'mean': float(err.mean()), 'final': float(err[-1])},
         'rotation_error_rad': {'max': float(rot_err.max()), 'mean': float(rot_err.mean())},
+        'recorded_target_offset_m': _target_offset(bag, r),
         'refused_actions': len(result.refusals),
         'refusals': [{'step': s, 'reason': why} for s, why in result.refusals[:20]],
         'per_step_position_error_m': err.tolist(),
@@ -141,6 +147,29 @@ def replay(opts: ReplayOptions) -> dict:
     os.replace(tmp, out / REPORT_FILE)
     report['report'] = str(out / REPORT_FILE)
     return report
+
+
+def _target_offset(bag: Path, r) -> float | None:
+    """How far the recorded controller's commanded target (``/arm_controller/target_pose`` at
+    the first step, when recorded) was from the measured end effector. The replay's controller
+    starts with its target on the measured pose, as after ``~/reset_target``; a recording taken
+    mid-run whose target had run away from the arm (refusals, clipping, lag) composes the same
+    deltas onto another target, and the replay diverges by about this much."""
+    from openvla_ros.bag.storage import BagSource, project_typestore
+    from openvla_ros.stamps import stamp_to_ns
+
+    store = project_typestore()
+    best = None
+    with BagSource(bag) as src:
+        info = src.topics.get(defaults.TARGET_POSE_TOPIC)
+        if info is None or info.msgtype != 'geometry_msgs/msg/PoseStamped':
+            return None
+        for m in src.messages([defaults.TARGET_POSE_TOPIC]):
+            msg = store.deserialize_cdr(m.raw, info.msgtype)
+            if stamp_to_ns(msg.header.stamp) <= r.t0_ns:
+                p = msg.pose.position
+                best = np.array([p.x, p.y, p.z])
+    return None if best is None else float(np.linalg.norm(best - r.ee_positions[0]))
 
 
 def _plot(t, recorded, replayed, err, path: Path, title: str) -> Path:

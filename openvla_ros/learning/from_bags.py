@@ -94,6 +94,7 @@ class Resampled:
     frames: list                      # [steps] RGB frames (empty when images were not read)
     instruction: str | None
     control_period_s: float
+    t0_ns: int = 0                    # header stamp of step 0
 
     @property
     def steps(self) -> int:
@@ -318,7 +319,7 @@ def resample(rec: Recording, embodiment, kinematics, max_gap_periods: float = DE
     return Resampled(source=src, times_s=(grid - t0) / NS_PER_S, joint_names=tuple(wanted[j] for j in keep),
                      joint_positions=q[:, keep], ee_positions=np.array([p.position for p in poses]),
                      ee_rotations=np.array([p.rotation for p in poses]), actions=actions, frames=frames,
-                     instruction=rec.instruction, control_period_s=period_s)
+                     instruction=rec.instruction, control_period_s=period_s, t0_ns=t0)
 
 
 def episode_from_resampled(r: Resampled, image_size: int | None = None):
