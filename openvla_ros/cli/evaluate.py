@@ -9,6 +9,11 @@ Policies: ``--checkpoint DIR`` (with the engine options) or ``--server URL`` is 
 policy; the built-in references are ``expert`` (the scripted expert, the upper bound), ``random``
 (the tiny untrained checkpoint) and ``shuffled`` (the model, or the random one, given another
 task's instruction: does the language matter?). ``--policy`` picks one or several.
+
+``--graph`` runs the same episodes through the ROS graph instead (vla_node → arm_controller →
+sim_node in lockstep, each a process over loopback DDS: :mod:`openvla_ros.evaluation.graph`);
+the model runs in vla_node with the same engine options, the expert publishes actions into
+arm_controller like a teleoperator. The records and the summary are the same.
 """
 from __future__ import annotations
 
@@ -208,32 +213,85 @@ def _main(args) -> int:
         if not train:
             raise EvalError('--held-out needs --training-seeds or a checkpoint with ' + TRAINING_SEEDS_FILE)
         check_held_out(seeds, train)
-    if args.graph:
-        raise EvalError('--graph is not available yet (no graph episode runner over sim_node lockstep:=true); '
-                        'use the in-process path (the same policy, controller and simulator cores)')
     paraphrase = args.paraphrase if args.paraphrase in (None, 'seeded') else int(args.paraphrase)
     from openvla_ros.evaluation.report import EPISODES_FILE, ResultsWriter
     if (out / EPISODES_FILE).exists() and not args.resume:
         raise EvalError(f'{out} holds results already; pass --resume to continue there or another --output')
-    policies = build_policies(args)
+    vla = None
+    if args.graph:
+        policies, vla = build_graph_policies(args)
+    else:
+        policies = build_policies(args)
+    path = 'ROS graph lockstep (vla_node -> arm_controller -> sim_node)' if args.graph else 'in-process lockstep'
     meta = {'policies': ', '.join(policies), 'checkpoint': str(args.checkpoint or args.server or ''),
-            'tasks': ', '.join(task_names), 'seeds': f'{seeds[0]}-{seeds[-1]}', 'path': 'in-process lockstep',
+            'tasks': ', '.join(task_names), 'seeds': f'{seeds[0]}-{seeds[-1]}', 'path': path,
             'unnorm_key': args.unnorm_key, 'image': f'{args.image_width}x{args.image_height}'}
     writer = ResultsWriter(out, meta)
     print(f'[eval] writing to {out}', flush=True)
-    return run_all(args, policies, tasks, seeds, paraphrase, writer)
+    return run_all(args, policies, tasks, seeds, paraphrase, writer, vla)
 
 
-def run_all(args, policies, tasks, seeds, paraphrase, writer) -> int:
+def build_graph_policies(args) -> tuple[dict[str, tuple[object, bool]], dict | None]:
+    """name → (graph policy, shuffled instruction?), and the vla_node parameters (None: no
+    vla_node needed). One vla_node serves the model policies of a run: the checkpoint or the
+    server, else the tiny random checkpoint."""
+    from openvla_ros.evaluation.graph import VLA_NODE_POLICY, vla_parameters
+    from openvla_ros.evaluation.policies import ExpertPolicy
+
+    names = args.policy or (['model'] if (args.checkpoint or args.server) else ['expert'])
+    has_model = args.checkpoint is not None or bool(args.server)
+    if 'model' in names and not has_model:
+        raise EvalError('--policy model needs --checkpoint DIR or --server URL')
+    if 'random' in names and has_model and {'model', 'shuffled'} & set(names):
+        raise EvalError('--graph runs one vla_node: evaluate --policy random (the tiny checkpoint) in a run '
+                        'of its own, not with the --checkpoint/--server model')
+    out: dict[str, tuple[object, bool]] = {}
+    for name in names:
+        out[name] = (ExpertPolicy(), False) if name == 'expert' else (VLA_NODE_POLICY, name == 'shuffled')
+    if all(name == 'expert' for name in names):
+        return out, None
+    if args.checkpoint is not None and 'random' not in names:
+        vla = vla_parameters(model_path=args.checkpoint, options=policy_options(args), unnorm_key=args.unnorm_key)
+    elif args.server and 'random' not in names:
+        vla = vla_parameters(server_url=args.server, remote=remote_options(args, server_url=args.server),
+                             unnorm_key=args.unnorm_key)
+    else:
+        from openvla_ros.cli.demo import ensure_checkpoint
+        vla = vla_parameters(model_path=ensure_checkpoint(None), options=policy_options(args),
+                             unnorm_key=args.unnorm_key)
+    return out, vla
+
+
+def _episode_runner(args, vla, out: Path):
+    """(run(policy, task, seed, **kw) -> EpisodeResult, the simulator the plots reset, control
+    period, close)."""
+    if args.graph:
+        from openvla_ros.cli import bringup as bringup_cli
+        from openvla_ros.evaluation.graph import EvaluationGraph, GraphError
+
+        print('[eval] starting the graph (logs in ' + str(out / 'graph_logs') + ')', flush=True)
+        graph = EvaluationGraph(bringup_cli.executable_command, bringup_cli.stop_processes, vla=vla,
+                                image_size=(args.image_width, args.image_height), log_dir=out / 'graph_logs')
+        try:
+            graph.start()
+        except GraphError as exc:
+            raise EvalError(f'--graph: {exc}') from None
+        return graph.run_episode, graph.mirror, graph.period_s, graph.close
+    from openvla_ros.evaluation.runner import EpisodeEnv, run_episode
+
+    env = EpisodeEnv(image_size=(args.image_width, args.image_height))
+    return ((lambda policy, task, seed, **kw: run_episode(policy, task, seed, env=env, **kw)), env.sim,
+            env.embodiment.control_period_s, env.close)
+
+
+def run_all(args, policies, tasks, seeds, paraphrase, writer, vla=None) -> int:
     from tqdm import tqdm
 
     from openvla_ros.evaluation.policies import shuffled_instruction
     from openvla_ros.evaluation.report import COMPARISON_PNG, plot_comparison, plot_episode, write_video
-    from openvla_ros.evaluation.runner import EpisodeEnv, run_episode
 
-    env = EpisodeEnv(image_size=(args.image_width, args.image_height))
     jobs = [(pn, t, s) for pn in policies for t in tasks for s in seeds if not writer.done(pn, t.name, s)]
-    period = env.embodiment.control_period_s
+    run, start_sim, period, close = _episode_runner(args, vla, writer.out)
     done = errors = 0
     tally = {name: [0, 0] for name in policies}     # successes, episodes
     t_start = time.perf_counter()
@@ -242,14 +300,14 @@ def run_all(args, policies, tasks, seeds, paraphrase, writer) -> int:
         for name, task, seed in bar:
             policy, shuffle = policies[name]
             text = shuffled_instruction(task, [t.name for t in tasks]) if shuffle else None
-            result = run_episode(policy, task, seed, max_steps=args.max_steps, record=args.video,
-                                 unnorm_key=args.unnorm_key if name != 'expert' else None, env=env,
-                                 paraphrase=paraphrase, instruction=text)
+            result = run(policy, task, seed, max_steps=args.max_steps, record=args.video,
+                         unnorm_key=args.unnorm_key if name != 'expert' else None,
+                         paraphrase=paraphrase, instruction=text)
             row = {'policy': name, **result.summary()}
             if args.video and result.frames:
                 stem = writer.out / 'episodes' / name / task.name / f'seed_{seed}'
                 row['video'] = str(write_video(stem, result.frames, 1.0 / period).relative_to(writer.out))
-                start = T.reset_episode(env.sim, task, seed)
+                start = T.reset_episode(start_sim, task, seed)
                 row['plot'] = str(plot_episode(stem.with_suffix('.png'), result, start.object_poses,
                                                period).relative_to(writer.out))
             writer.add(row)
@@ -265,7 +323,7 @@ def run_all(args, policies, tasks, seeds, paraphrase, writer) -> int:
                             f'results so far are in {writer.out}', 1) or 1
     finally:
         bar.close()
-        env.close()
+        close()
     summary = writer.write_summary()
     if summary:
         plot_comparison(writer.out / COMPARISON_PNG, summary)

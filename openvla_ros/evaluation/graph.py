@@ -125,6 +125,11 @@ class EvaluationGraph:
         self._recording = False
 
     @property
+    def mirror(self):
+        """The evaluator's copy of the workcell (reset like sim_node's; plots may reset it)."""
+        return self._mirror
+
+    @property
     def has_vla_node(self) -> bool:
         return self._vla is not None
 
@@ -156,6 +161,8 @@ class EvaluationGraph:
 
         from openvla_ros import runtime_env
 
+        # this process and the nodes in one loopback domain (what is set already is kept)
+        runtime_env.apply()
         env = runtime_env.loopback_env()
         try:
             for spec in self.specs():
@@ -373,11 +380,12 @@ class EvaluationGraph:
         wall0 = time.perf_counter()
         start = T.reset_episode(self._mirror, task, seed, paraphrase=paraphrase, embodiment=self.embodiment)
         text = instruction if instruction is not None else start.instruction
+        with self._cond:
+            self._images = {}
+            self._recording = record      # from the reset on: the reset image is the first frame
         episode, state = self._reset(task, seed, start)
         with self._cond:
             self._actions = []
-            self._images = {}
-            self._recording = record
         if not via_vla and hasattr(policy, 'start_episode'):
             policy.start_episode(_Mirror(self._mirror, self.embodiment), task)
         base = self._controller_counts()
@@ -422,9 +430,7 @@ class EvaluationGraph:
                         break
         finally:
             self._finish(episode, base, explicit_steps, via_vla)
-        frames = []
-        if record:
-            frames = self._frames([s['stamp_ns'] for s in states])
+        frames = self._frames([s['stamp_ns'] for s in states]) if record else []
         return EpisodeResult(
             task=task.name, seed=int(seed), instruction=text, success=success, steps=steps, reason=reason,
             ee_positions=np.array([s['ee_position'] for s in states], dtype=float),
@@ -567,7 +573,6 @@ class EvaluationGraph:
 
         self._wait(quiet, SETTLE_TIMEOUT_S, 'the graph to settle after the episode')
         with self._cond:
-            self._recording = False
             for key in [k for k in self._states if k[0] <= episode]:
                 del self._states[key]
         if via_vla:
@@ -582,6 +587,7 @@ class EvaluationGraph:
         with self._cond:
             frames = [self._images[s] for s in stamps if s in self._images]
             self._images = {}
+            self._recording = False
         return frames
 
 
