@@ -119,8 +119,11 @@ def replay(opts: ReplayOptions) -> dict:
             raise BagError(str(exc)) from None
         start = dict(zip(r.joint_names, r.joint_positions[0].tolist()))
         policy = RecordedActions(r.actions, start, keep_scene=opts.task is not None, seed=opts.seed)
-        result = run_episode(policy, opts.task or DEFAULT_TASK, opts.seed if opts.seed is not None else 0,
-                             max_steps=r.steps, env=env, stop_on_success=False)
+        try:
+            result = run_episode(policy, opts.task or DEFAULT_TASK, opts.seed if opts.seed is not None else 0,
+                                 max_steps=r.steps, env=env, stop_on_success=False)
+        except ValueError as exc:   # e.g. recorded start joints outside the model's ranges
+            raise BagError(f'{r.source}: cannot start the replay: {exc}') from None
     finally:
         env.close()
     if result.steps != r.steps:
