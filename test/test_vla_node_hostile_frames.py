@@ -34,6 +34,10 @@ def node(tmp_path_factory, tiny_checkpoint):
                           camera_publisher=lambda h: h.node.create_publisher(
                               CompressedImage, defaults.COMPRESSED_CAMERA_TOPIC, QoSProfile(depth=10))
                           ) as (harness, _, pub):
+        # instructed once: a re-sent instruction arriving after a hostile frame would replace the
+        # status message that reports the refusal
+        harness.instruct(INSTRUCTION)
+        harness.wait_status(lambda s: s.instruction == INSTRUCTION)
         yield harness, pub
 
 
@@ -51,8 +55,6 @@ def _hostile(case: str) -> bytes:
                                   'truncated_jpeg_claiming_12000'])
 def test_hostile_frame_is_refused_and_the_node_carries_on(node, case):
     h, pub = node
-    h.instruct(INSTRUCTION)
-    h.wait_status(lambda s: s.instruction == INSTRUCTION)
     before = h.wait_status(lambda s: True).frames_rejected
 
     def publish(data: bytes, fmt: str) -> int:

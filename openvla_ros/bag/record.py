@@ -39,7 +39,11 @@ DEFAULT_RECORD_TOPICS = (
     defaults.TARGET_POSE_TOPIC,
 )
 DISCOVERY_PERIOD_S = 0.2
-CLOCK_DISCOVERY_S = 1.0     # how long "auto" looks for a /clock publisher before choosing the wall clock
+# "auto" sim time: how long to look for a /clock publisher before choosing the wall clock. Discovery
+# of a loaded graph takes seconds, so the search ends early only once another publisher of a
+# recorded topic is known (the graph is visible) and /clock still is not, a grace period later.
+CLOCK_DISCOVERY_S = 5.0
+CLOCK_GRACE_S = 0.5
 MAX_HELD_BEFORE_CLOCK = 10_000
 IMAGE_TYPE = 'sensor_msgs/msg/Image'
 
@@ -161,12 +165,16 @@ class Recorder:
         self.counts[topic] += 1
 
 
-def _graph_has_clock(node, executor, wait_s: float) -> bool:
-    deadline = time.monotonic() + wait_s
+def _graph_has_clock(node, executor, topics: list[str], wait_s: float) -> bool:
+    start = time.monotonic()
+    deadline = start + wait_s
     while True:
         if node.count_publishers(defaults.CLOCK_TOPIC) > 0:
             return True
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if any(node.count_publishers(t) > 0 for t in topics):
+            deadline = min(deadline, now + CLOCK_GRACE_S)
+        if now >= deadline:
             return False
         executor.spin_once(timeout_sec=0.05)
 
@@ -194,7 +202,7 @@ def _record(opts: RecordOptions, topics: list[str], out: BagOutput) -> int:
     executor.add_node(node)
     sim_time = opts.use_sim_time
     if sim_time is None:
-        sim_time = _graph_has_clock(node, executor, CLOCK_DISCOVERY_S)
+        sim_time = _graph_has_clock(node, executor, topics, CLOCK_DISCOVERY_S)
     if sim_time:
         node.set_parameters([Parameter('use_sim_time', Parameter.Type.BOOL, True)])
     recorder = Recorder(node, writer, topics, opts.camera_scale, sim_time=sim_time)
