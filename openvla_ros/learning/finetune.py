@@ -30,12 +30,14 @@ from openvla_ros.engine.modeling import module_key_to_checkpoint_key, splice_ima
 from openvla_ros.engine.policy import PolicyOptions, load_policy
 from openvla_ros.engine.prompt import build_prompt
 
-from .dataset import DatasetError, iter_episodes, load_statistics
+from .dataset import INFO_FILE, DatasetError, iter_episodes, load_statistics
 
 IGNORE_INDEX = -100
 EOS_TOKEN_ID = 2
 STATE_FILE = 'trainer_state.pt'
+TRAINING_SEEDS_FILE = 'training_seeds.json'   # read by openvla-eval --held-out
 MODES = ('full', 'lora', 'qlora')
+LR_SCHEDULES = ('constant', 'cosine')
 # upstream finetune.py defaults: LoRA rank 32, dropout 0, alpha = min(rank, 16), gaussian init
 DEFAULT_LORA_RANK = 32
 
@@ -59,6 +61,10 @@ class TrainConfig:
     save_every: int = 100
     threads: int = 2
     dataset_key: str | None = None
+    lr_schedule: str = 'constant'         # 'constant' or 'cosine' (to 10% of the rate at `steps`)
+    warmup_steps: int = 0                 # linear warm-up from 0
+    augment_shift_px: int = 0             # random image shift (replicate padding), in model pixels
+    time_limit_s: float | None = None     # stop (and export) once training has run this long
     extra: dict = field(default_factory=dict)
 
 
@@ -128,9 +134,10 @@ class Samples:
         return self.pixels[list(indices)], ids, labels
 
 
-def sequence_logits(model, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits [B, L, V] for every text position of ``input_ids`` (position j predicts token j+1),
-    through the engine's modules: the image patches spliced after BOS, causal attention."""
+def sequence_hidden(model, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Final-norm hidden states [B, L, D] for every text position of ``input_ids`` (position j
+    predicts token j+1), through the engine's modules: the image patches spliced after BOS,
+    causal attention."""
     patches = model.projector(model.vision_backbone(pixel_values))
     lm = model.language_model
     embeds = splice_image(lm.model.embed_tokens(input_ids), patches)
@@ -145,19 +152,27 @@ def sequence_logits(model, pixel_values: torch.Tensor, input_ids: torch.Tensor) 
     n_patches = patches.shape[1]
     # text token k >= 1 sits at spliced position k + n_patches; BOS at 0
     text = torch.cat([x[:, :1], x[:, 1 + n_patches:]], dim=1)
-    return lm.lm_head(lm.model.norm(text)).float()
+    return lm.model.norm(text)
+
+
+def sequence_logits(model, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits [B, L, V] for every text position of ``input_ids``."""
+    return model.language_model.lm_head(sequence_hidden(model, pixel_values, input_ids)).float()
 
 
 def action_loss(model, pixel_values, input_ids, labels, action_dim: int):
-    logits = sequence_logits(model, pixel_values, input_ids)[:, :-1]
+    """Upstream's loss: mean next-token cross-entropy over the labelled (action + EOS) positions.
+    The vocabulary projection is applied at those positions only: the prompt positions carry no
+    loss, so the result is the same as projecting every position, at a fraction of the cost."""
+    hidden = sequence_hidden(model, pixel_values, input_ids)[:, :-1]
     target = labels[:, 1:]
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                           ignore_index=IGNORE_INDEX)
     valid = target != IGNORE_INDEX
-    predicted = logits.argmax(-1)
+    logits = model.language_model.lm_head(hidden[valid]).float()
+    wanted = target[valid]
+    loss = F.cross_entropy(logits, wanted)
     # accuracy over the action tokens only (EOS, the last target of each row, excluded)
-    is_action = valid & (target != EOS_TOKEN_ID)
-    correct = ((predicted == target) & is_action).sum()
+    is_action = wanted != EOS_TOKEN_ID
+    correct = ((logits.argmax(-1) == wanted) & is_action).sum()
     return loss, correct.float() / is_action.sum().clamp(min=1)
 
 
@@ -174,6 +189,30 @@ def wrap_lora(model, rank: int):
     config = LoraConfig(r=rank, lora_alpha=min(rank, 16), lora_dropout=0.0,
                         target_modules=_linear_module_names(model), init_lora_weights='gaussian')
     return get_peft_model(model, config)
+
+
+def learning_rate_at(step: int, config: TrainConfig) -> float:
+    """The rate for optimizer step ``step`` (0-based): linear warm-up, then constant or cosine."""
+    base = config.learning_rate
+    if config.warmup_steps and step < config.warmup_steps:
+        return base * (step + 1) / config.warmup_steps
+    if config.lr_schedule == 'cosine':
+        span = max(1, config.steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return base
+
+
+def shift_images(pixels: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image shifted by a random whole number of pixels in [-max_shift, max_shift] per axis,
+    edges replicated (the random-shift augmentation of image-based control)."""
+    if max_shift <= 0:
+        return pixels
+    b, _, h, w = pixels.shape
+    padded = F.pad(pixels, (max_shift,) * 4, mode='replicate')
+    offsets = torch.randint(0, 2 * max_shift + 1, (b, 2), generator=generator)
+    return torch.stack([padded[i, :, dy:dy + h, dx:dx + w]
+                        for i, (dy, dx) in enumerate(offsets.tolist())])
 
 
 def split_indices(samples: Samples, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -212,6 +251,8 @@ def train(checkpoint: str | Path, dataset_dir: str | Path, out_dir: str | Path,
     ``out_dir/checkpoint`` (merged, HF layout). Returns the history."""
     if config.mode not in MODES:
         raise FinetuneError(f'unknown mode {config.mode!r}; choose one of {MODES}')
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise FinetuneError(f'unknown learning-rate schedule {config.lr_schedule!r}; choose one of {LR_SCHEDULES}')
     if config.mode == 'qlora' and not torch.cuda.is_available():
         raise FinetuneError('qlora needs a CUDA GPU (bitsandbytes 4-bit kernels)')
     torch.set_num_threads(config.threads)
@@ -237,6 +278,7 @@ def train(checkpoint: str | Path, dataset_dir: str | Path, out_dir: str | Path,
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     train_idx, held_idx = split_indices(samples, config.holdout_fraction, config.seed)
     rng = np.random.default_rng(config.seed)
+    augment = torch.Generator().manual_seed(config.seed)
     history: dict = {'config': asdict(config), 'train': [], 'heldout': [], 'started_at': time.time()}
     step = 0
     state_path = out / STATE_FILE
@@ -247,18 +289,30 @@ def train(checkpoint: str | Path, dataset_dir: str | Path, out_dir: str | Path,
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         rng.bit_generator.state = state['rng']
+        if 'augment_rng' in state:
+            augment.set_state(state['augment_rng'])
         history, step = state['history'], state['step']
     autocast = (torch.autocast('cuda', dtype=torch.bfloat16) if device == 'cuda'
                 else torch.autocast('cpu', enabled=False))
     bar = _progress(config.steps, step, progress)
     t0 = time.perf_counter()
+    spent_before = history.get('train_seconds', 0.0)
+    stopped_early = False
     while step < config.steps:
+        if config.time_limit_s is not None and \
+                spent_before + time.perf_counter() - t0 >= config.time_limit_s:
+            stopped_early = True
+            break
+        for group in optimizer.param_groups:
+            group['lr'] = learning_rate_at(step, config)
         optimizer.zero_grad(set_to_none=True)
         total_loss = total_acc = 0.0
         for _ in range(config.grad_accumulation):
             chunk = rng.choice(train_idx, size=min(config.batch_size, len(train_idx)), replace=False)
+            pixels, ids, labels = samples.batch(chunk)
+            pixels = shift_images(pixels, config.augment_shift_px, augment)
             with autocast:
-                loss, acc = action_loss(model, *samples.batch(chunk), samples.action_dim)
+                loss, acc = action_loss(model, pixels, ids, labels, samples.action_dim)
             (loss / config.grad_accumulation).backward()
             total_loss += float(loss.detach()) / config.grad_accumulation
             total_acc += float(acc) / config.grad_accumulation
@@ -275,22 +329,33 @@ def train(checkpoint: str | Path, dataset_dir: str | Path, out_dir: str | Path,
             if held:
                 history['heldout'].append({'step': step, **held})
         if step % config.save_every == 0 or step == config.steps:
-            _save_state(state_path, model, optimizer, rng, history, step)
+            history['train_seconds'] = spent_before + time.perf_counter() - t0
+            _save_state(state_path, model, optimizer, rng, augment, history, step)
     if bar is not None:
         bar.close()
-    history['train_seconds'] = history.get('train_seconds', 0.0) + time.perf_counter() - t0
+    history['train_seconds'] = spent_before + time.perf_counter() - t0
+    history['steps_done'] = step
+    if stopped_early:
+        history['stopped'] = f'time limit {config.time_limit_s:g} s reached at step {step}'
+        model.eval()
+        held = evaluate(model, samples, held_idx, config.batch_size)
+        if held:
+            history['heldout'].append({'step': step, **held})
+        _save_state(state_path, model, optimizer, rng, augment, history, step)
     model.eval()
     merged = model.merge_and_unload() if config.mode != 'full' else model
-    export_checkpoint(merged, Path(checkpoint), out / 'checkpoint',
-                      {samples.key: samples.stats})
+    exported = export_checkpoint(merged, Path(checkpoint), out / 'checkpoint',
+                                 {samples.key: samples.stats})
+    write_training_seeds(Path(dataset_dir), exported)
     (out / 'history.json').write_text(json.dumps(history, indent=2))
     return history
 
 
-def _save_state(path: Path, model, optimizer, rng, history, step) -> None:
+def _save_state(path: Path, model, optimizer, rng, augment, history, step) -> None:
     tmp = path.with_name(path.name + '.partial')
     torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                'rng': rng.bit_generator.state, 'history': history, 'step': step}, tmp)
+                'rng': rng.bit_generator.state, 'augment_rng': augment.get_state(),
+                'history': history, 'step': step}, tmp)
     tmp.replace(path)
 
 
@@ -331,6 +396,18 @@ def export_checkpoint(model, source: Path, out: Path, norm_stats: dict,
         out.rename(backup)
     staging.rename(out)
     return out
+
+
+def write_training_seeds(dataset_dir: Path, checkpoint_dir: Path) -> None:
+    """``training_seeds.json`` in the checkpoint: the simulator seeds its demonstrations came from
+    (the dataset's ``meta/info.json``), which ``openvla-eval --held-out`` refuses to evaluate on."""
+    info_path = dataset_dir / INFO_FILE
+    if not info_path.is_file():
+        return
+    seeds = json.loads(info_path.read_text()).get('seeds')
+    if seeds:
+        lo, hi = int(min(seeds)), int(max(seeds))
+        (checkpoint_dir / TRAINING_SEEDS_FILE).write_text(json.dumps({'seeds': [[lo, hi + 1]]}))
 
 
 def count_parameters(model) -> int:
