@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tempfile
 import threading
 import time
@@ -94,12 +95,13 @@ class EvaluationGraph:
     ``executable_command(name)`` gives the argv of a package executable and
     ``stop_processes(procs)`` stops them (``openvla_ros.cli.bringup`` provides both).
     ``vla``: vla_node parameter overrides (:func:`vla_parameters`); None = no vla_node (only
-    state-reading policies)."""
+    state-reading policies). The node set runs in a ROS domain of its own (``domain_id``)."""
 
     def __init__(self, executable_command: Callable[[str], list[str]],
                  stop_processes: Callable[[list], dict], *, vla: dict | None = None,
                  image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, log_dir: str | Path | None = None,
-                 embodiment: Embodiment | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S):
+                 embodiment: Embodiment | None = None, startup_timeout_s: float = STARTUP_TIMEOUT_S,
+                 domain_id: int | None = None):
         self._command, self._stop = executable_command, stop_processes
         self._vla = dict(vla) if vla is not None else None
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -111,6 +113,7 @@ class EvaluationGraph:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.embodiment = (embodiment or T._embodiment()).with_overrides(start_enabled=True)
         self.startup_timeout_s = startup_timeout_s
+        self.domain_id = domain_id          # None: a free one of runtime_env.DOMAIN_IDS at start
         self.period_s = self.embodiment.control_period_s
         self._procs: list = []
         self._logs: list = []
@@ -161,9 +164,17 @@ class EvaluationGraph:
 
         from openvla_ros import runtime_env
 
-        # this process and the nodes in one loopback domain (what is set already is kept)
+        # this process's settings (what is set already is kept), and a domain of the graph's own:
+        # another node set on the machine (a bring-up, a second evaluation) uses the same topic
+        # names and must not take part in these episodes
         runtime_env.apply()
-        env = runtime_env.loopback_env()
+        if self.domain_id is None:
+            import random
+
+            taken = os.environ.get('ROS_DOMAIN_ID', '')
+            self.domain_id = random.choice([d for d in runtime_env.DOMAIN_IDS if str(d) != taken])
+        base = {k: v for k, v in os.environ.items() if k != 'ROS_DOMAIN_ID'}
+        env = runtime_env.loopback_env(base, domain_id=self.domain_id)
         try:
             for spec in self.specs():
                 log = open(self.log_dir / f'{spec.name}.log', 'wb')
@@ -192,7 +203,7 @@ class EvaluationGraph:
         from openvla_ros.sim.workcell import WorkcellSim
 
         self._ctx = Context()
-        rclpy.init(context=self._ctx)
+        rclpy.init(context=self._ctx, domain_id=int(self.domain_id))
         node = self._node = rclpy.create_node('openvla_eval_graph', context=self._ctx)
         sim, vla, arm = (f'/{defaults.SIM_NODE}', f'/{defaults.VLA_NODE}', f'/{defaults.ARM_CONTROLLER_NODE}')
         node.create_subscription(String, f'{sim}/task_state', self._on_task_state, reliable_qos(100))
