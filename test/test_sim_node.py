@@ -154,7 +154,7 @@ def test_sim_node_parameters_are_honest(processes, ros_context):
         for d, v in zip(descriptors, values):
             if v.type in (ParameterType.PARAMETER_DOUBLE, ParameterType.PARAMETER_INTEGER):
                 assert d.floating_point_range or d.integer_range, f'{d.name} has no range'
-            assert d.read_only == (d.name != 'seed'), d.name
+            assert d.read_only == (d.name not in ('seed', 'task')), d.name   # live: for the next ~/reset
         bad = [ParameterMsg(name='real_time_factor',
                             value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE, double_value=-5.0)),
                ParameterMsg(name='seed', value=ParameterValue(type=ParameterType.PARAMETER_INTEGER, integer_value=-7)),
@@ -162,6 +162,10 @@ def test_sim_node_parameters_are_honest(processes, ros_context):
         results = call(SetParameters, 'set_parameters', SetParameters.Request(parameters=bad)).results
         assert not results[0].successful and results[0].reason
         assert not results[1].successful and results[2].successful
+        task = [ParameterMsg(name='task', value=ParameterValue(type=ParameterType.PARAMETER_STRING,
+                                                               string_value='no_such_task'))]
+        refused = call(SetParameters, 'set_parameters', SetParameters.Request(parameters=task)).results[0]
+        assert not refused.successful and 'unknown task' in refused.reason
         assert spin_until(ex, lambda: poses and names, 30.0)
         assert len(poses[-1].poses) == len(names[-1].data.split(',')) == 4
     finally:

@@ -30,7 +30,7 @@ import time
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose as PoseMsg
 from geometry_msgs.msg import PoseArray
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
@@ -124,6 +124,7 @@ class SimNode(Node):
         self.create_subscription(JointTrajectory, defaults.relative(defaults.JOINT_TRAJECTORY_TOPIC), self._on_trajectory,
                                  reliable_qos(10))
         self.create_service(Trigger, '~/reset', self._on_reset)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.task_state_pub = self.create_publisher(String, '~/task_state', reliable_qos(10))
         self._task = None          # the evaluation task of the current episode (set by ~/reset)
         self._episode = 0          # resets so far: tells the states of two episodes apart
@@ -348,6 +349,17 @@ class SimNode(Node):
         if not self._first_image_sent and self.image_pub.get_subscription_count() > 0:
             self._publish_image()
             self._first_image_sent = True
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == 'task' and param.value:
+                from openvla_ros.evaluation import tasks as T
+
+                try:
+                    T.get_task(str(param.value))
+                except T.UnknownTaskError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
 
     def _task_embodiment(self):
         from openvla_ros.evaluation import tasks as T
