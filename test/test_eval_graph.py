@@ -120,6 +120,30 @@ def test_expert_through_the_graph_as_a_teleoperator(graph):
     np.testing.assert_allclose(through.ee_positions, inproc.ee_positions, rtol=0, atol=1e-3)
 
 
+class _ClimbAndTwist:
+    """A state-reading policy with a fixed action (up and rolling): after two steps the IK fails
+    and arm_controller refuses, so the refusal path (sim_node's ~/step) is exercised."""
+
+    uses_image = False
+
+    def predict(self, image, instruction, unnorm_key=None):
+        from openvla_ros.engine.api import PredictionResult
+
+        a = np.array([0.0, 0.0, 0.05, 0.25, 0.25, 0.0, 1.0])
+        return PredictionResult(action=a, normalized_action=a, action_token_ids=np.zeros(7, dtype=np.int64),
+                                unnorm_key='')
+
+
+def test_refused_actions_are_steps_through_the_graph_too(graph):
+    from openvla_ros.evaluation.runner import run_episode
+
+    inproc = run_episode(_ClimbAndTwist(), 'reach_red_block', 4, max_steps=5)
+    through = graph.run_episode(_ClimbAndTwist(), 'reach_red_block', 4, max_steps=5)
+    assert [s for s, _ in inproc.refusals] == [2, 3, 4]
+    assert through.refusals == inproc.refusals          # same steps, the controller's own reasons
+    _assert_same_episode(through, inproc)
+
+
 def test_cli_graph_run_ci_sized(tiny_checkpoint, tmp_path):
     """openvla-eval --graph: tiny model, 2 tasks x 3 episodes; the summary of the shared writer."""
     out = tmp_path / 'eval'

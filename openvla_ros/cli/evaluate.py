@@ -191,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         return _main(args)
     except (EvalError, T.UnknownTaskError, FileNotFoundError) as exc:
         return fail(str(exc), 2)
+    except RuntimeError as exc:
+        from openvla_ros.evaluation.graph import GraphError
+        if isinstance(exc, GraphError):   # the graph failed mid-run: finished episodes are in --output
+            return fail(f'--graph: {exc}', 1)
+        raise
 
 
 def _main(args) -> int:

@@ -420,12 +420,12 @@ class EvaluationGraph:
                     p0 = time.perf_counter()
                     try:
                         action = np.asarray(policy.predict(None, text, unnorm_key).action, dtype=float)
+                        self._publish_action(action, stamp_ns, text)   # refuses what no robot may get
                     except Exception as exc:  # noqa: BLE001 - any policy failure ends this episode, not the run
                         reason = f'policy error: {type(exc).__name__}: {exc}'
                         break
                     finally:
                         policy_s += time.perf_counter() - p0
-                    self._publish_action(action, stamp_ns, text)
                 actions.append(action)
                 refusal, refused = self._wait_outcome(base, step + 1, refused, step_timeout_s)
                 if refusal is not None:
