@@ -6,6 +6,10 @@ local OpenVLA checkpoint (``--checkpoint``) or from a fresh small configuration 
 IMAGE_SIZE``). Writes ``OUT/trainer_state.pt`` (``--resume`` continues from it), ``OUT/history.json``
 and the merged Hugging Face-layout checkpoint ``OUT/checkpoint`` that openvla-eval, vla_node and
 openvla-serve load.
+
+Several processes: ``torchrun --nproc-per-node N -m openvla_ros.cli.finetune ...`` (nccl, one GPU
+each; gloo on CPU), ``--distributed ddp`` or ``fsdp``; the global micro-batch is ``--batch-size``
+whatever N is (each process takes its share), and only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ DEFAULT_SMALL_SEED = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from openvla_ros.learning.finetune import LR_SCHEDULES, MODES, TrainConfig
+    from openvla_ros.learning.distributed import STRATEGIES
+    from openvla_ros.learning.finetune import EXPORT_DTYPES, LR_SCHEDULES, MODES, TrainConfig
 
     d = TrainConfig()
     p = argparse.ArgumentParser(prog='openvla-finetune', description=__doc__,
@@ -58,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--threads', type=int, default=d.threads, help='CPU threads')
     p.add_argument('--dataset-key', default=None,
                    help='statistics key of the dataset (default: its first)')
+    p.add_argument('--distributed', choices=STRATEGIES, default=d.distributed,
+                   help='under torchrun (several processes): DDP (replicas), or FSDP (sharded '
+                        'weights, gradients and optimizer state; full fine-tunes). --batch-size '
+                        'is then summed over the processes, so any number of them follows the '
+                        'same run')
+    p.add_argument('--export-dtype', choices=sorted(EXPORT_DTYPES), default=d.export_dtype,
+                   help='weight dtype of the exported checkpoint')
     p.add_argument('--resume', action='store_true', help='continue the run in --out')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     return p
@@ -65,24 +77,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from openvla_ros.learning.dataset import DatasetError
-    from openvla_ros.learning.finetune import FinetuneError, TrainConfig, train
-
     if args.steps < 0 or args.batch_size < 1 or args.grad_accumulation < 1:
         return fail('--steps must be >= 0, --batch-size and --grad-accumulation >= 1', 2)
     if not (args.dataset / 'dataset_statistics.json').is_file():
         return fail(f'{args.dataset}: not a dataset (no dataset_statistics.json); build it with '
                     'openvla-dataset build', 2)
+    from openvla_ros.learning.distributed import from_env
+
+    world = from_env()     # under torchrun: joins the group here, so rank 0 alone writes OUT/init
+    try:
+        return _run(args, world)
+    finally:
+        world.close()
+
+
+def _run(args, world) -> int:
+    from openvla_ros.learning.dataset import DatasetError
+    from openvla_ros.learning.finetune import FinetuneError, TrainConfig, train
+
     checkpoint = args.checkpoint
     if args.small is not None:
         from openvla_ros.learning.small import make_small_checkpoint
 
         checkpoint = args.out / 'init'
-        if not (checkpoint / 'config.json').is_file():
+        if world.is_main and not (checkpoint / 'config.json').is_file():
             try:
                 make_small_checkpoint(checkpoint, image_size=args.small, seed=args.seed)
             except ValueError as exc:
                 return fail(f'--small: {exc}', 2)
+        world.barrier()
     elif not (checkpoint / 'config.json').is_file():
         return fail(f'{checkpoint}: not a checkpoint directory (no config.json)', 2)
     config = TrainConfig(
@@ -92,12 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         lora_rank=args.lora_rank, eval_every=args.eval_every, save_every=args.save_every,
         threads=args.threads, dataset_key=args.dataset_key, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, augment_shift_px=args.augment_shift_px,
-        time_limit_s=None if args.time_limit_min is None else args.time_limit_min * 60.0)
+        time_limit_s=None if args.time_limit_min is None else args.time_limit_min * 60.0,
+        distributed=args.distributed, export_dtype=args.export_dtype)
     try:
         history = train(checkpoint, args.dataset, args.out, config, resume=args.resume,
                         progress=not args.no_progress)
     except (FinetuneError, DatasetError) as exc:
         return fail(str(exc), 2)
+    if not world.is_main:
+        return 0
     last = history['train'][-1] if history['train'] else {}
     held = history['heldout'][-1] if history['heldout'] else {}
     print(json.dumps({'checkpoint': str(args.out / 'checkpoint'), 'steps': history.get('steps_done'),

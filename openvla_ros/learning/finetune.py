@@ -14,6 +14,7 @@ pipeline, tokenizer and prompt that inference uses.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -30,6 +31,7 @@ from openvla_ros.engine.modeling import module_key_to_checkpoint_key, splice_ima
 from openvla_ros.engine.policy import PolicyOptions, load_policy
 from openvla_ros.engine.prompt import build_prompt
 
+from . import distributed as dist
 from .dataset import INFO_FILE, DatasetError, iter_episodes, load_statistics
 
 IGNORE_INDEX = -100
@@ -38,6 +40,7 @@ STATE_FILE = 'trainer_state.pt'
 TRAINING_SEEDS_FILE = 'training_seeds.json'   # read by openvla-eval --held-out
 MODES = ('full', 'lora', 'qlora')
 LR_SCHEDULES = ('constant', 'cosine')
+EXPORT_DTYPES = {'bfloat16': torch.bfloat16, 'float32': torch.float32}
 # upstream finetune.py defaults: LoRA rank 32, dropout 0, alpha = min(rank, 16), gaussian init
 DEFAULT_LORA_RANK = 32
 
@@ -65,6 +68,8 @@ class TrainConfig:
     warmup_steps: int = 0                 # linear warm-up from 0
     augment_shift_px: int = 0             # random image shift (replicate padding), in model pixels
     time_limit_s: float | None = None     # stop (and export) once training has run this long
+    distributed: str = 'ddp'              # under torchrun: 'ddp', or 'fsdp' (full fine-tunes)
+    export_dtype: str = 'bfloat16'        # weights of the exported checkpoint
     extra: dict = field(default_factory=dict)
 
 
@@ -116,6 +121,7 @@ class Samples:
         self.episode_of = np.asarray(episode_of)
         self.action_dim = dim
         self.pad_id = policy.tokenizer.pad_token_id
+        self.device = policy.device
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -131,7 +137,8 @@ class Samples:
             ids[row, :len(seq)] = torch.tensor(seq)
             start = len(self.prompts[i])
             labels[row, start:len(seq)] = torch.tensor(self.targets[i])
-        return self.pixels[list(indices)], ids, labels
+        return (self.pixels[list(indices)].to(self.device), ids.to(self.device),
+                labels.to(self.device))
 
 
 def sequence_hidden(model, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -226,13 +233,20 @@ def split_indices(samples: Samples, fraction: float, seed: int) -> tuple[np.ndar
 
 
 @torch.no_grad()
-def evaluate(model, samples: Samples, indices: np.ndarray, batch_size: int) -> dict:
+def evaluate(model, samples: Samples, indices: np.ndarray, batch_size: int,
+             loss_module=None) -> dict:
+    """Held-out loss and accuracy; ``loss_module`` (an FSDP-sharded
+    :class:`~openvla_ros.learning.distributed.LossModule`) instead of ``model`` when the weights
+    are gathered only inside its forward."""
     if len(indices) == 0:
         return {}
     losses, accs, weights = [], [], []
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
-        loss, acc = action_loss(model, *samples.batch(chunk), samples.action_dim)
+        if loss_module is not None:
+            loss, acc = loss_module(*samples.batch(chunk))
+        else:
+            loss, acc = action_loss(model, *samples.batch(chunk), samples.action_dim)
         losses.append(float(loss)), accs.append(float(acc)), weights.append(len(chunk))
     w = np.asarray(weights, dtype=float)
     return {'loss': float(np.dot(losses, w) / w.sum()), 'accuracy': float(np.dot(accs, w) / w.sum())}
@@ -248,18 +262,43 @@ def seed_everything(seed: int) -> None:
 def train(checkpoint: str | Path, dataset_dir: str | Path, out_dir: str | Path,
           config: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train, writing ``out_dir/train_state`` checkpoints, and export the result to
-    ``out_dir/checkpoint`` (merged, HF layout). Returns the history."""
+    ``out_dir/checkpoint`` (merged, HF layout). Returns the history.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this; the global batch is shared
+    out over the ranks as :mod:`openvla_ros.learning.distributed` describes, and only rank 0
+    writes files."""
     if config.mode not in MODES:
         raise FinetuneError(f'unknown mode {config.mode!r}; choose one of {MODES}')
     if config.lr_schedule not in LR_SCHEDULES:
         raise FinetuneError(f'unknown learning-rate schedule {config.lr_schedule!r}; choose one of {LR_SCHEDULES}')
+    if config.distributed not in dist.STRATEGIES:
+        raise FinetuneError(f'unknown distributed strategy {config.distributed!r}; choose one of '
+                            f'{dist.STRATEGIES}')
+    if config.distributed == 'fsdp' and config.mode != 'full':
+        raise FinetuneError(f'fsdp shards a full fine-tune; {config.mode} trains only the adapters '
+                            '(use ddp)')
+    if config.export_dtype not in EXPORT_DTYPES:
+        raise FinetuneError(f'unknown export dtype {config.export_dtype!r}; choose one of '
+                            f'{sorted(EXPORT_DTYPES)}')
     if config.mode == 'qlora' and not torch.cuda.is_available():
-        raise FinetuneError('qlora needs a CUDA GPU (bitsandbytes 4-bit kernels)')
+        raise FinetuneError('qlora needs a CUDA GPU: its base model is quantised to 4 bits by '
+                            "bitsandbytes, whose kernels run on CUDA only; on this machine use "
+                            "--mode lora (the same adapters over a float32 base)")
+    world = dist.from_env()
+    try:
+        return _train(checkpoint, dataset_dir, out_dir, config, resume, progress, world)
+    finally:
+        world.close()
+
+
+def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, progress: bool,
+           world: dist.World) -> dict:
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    device = world.device
     options = PolicyOptions(dtype='float32', device=device,
                             **({'quantization': '4bit'} if config.mode == 'qlora' else {}))
     policy = load_policy(checkpoint, options)
@@ -274,48 +313,82 @@ def train(checkpoint: str | Path, dataset_dir: str | Path, out_dir: str | Path,
     if config.mode in ('lora', 'qlora'):
         model = wrap_lora(model, config.lora_rank)
     model.train()
+    train_idx, held_idx = split_indices(samples, config.holdout_fraction, config.seed)
+    per_draw = min(config.batch_size, len(train_idx))
+    if per_draw < world.size:
+        raise FinetuneError(f'a micro-batch of {per_draw} samples cannot be shared by '
+                            f'{world.size} processes (--batch-size is summed over the processes)')
+    strategy = config.distributed
+    wrapped = None
+    if world.distributed:
+        dim = samples.action_dim
+        wrapped = dist.wrap(model, lambda m, *b: action_loss(m, *b, dim), world, strategy)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    train_idx, held_idx = split_indices(samples, config.holdout_fraction, config.seed)
     rng = np.random.default_rng(config.seed)
     augment = torch.Generator().manual_seed(config.seed)
     history: dict = {'config': asdict(config), 'train': [], 'heldout': [], 'started_at': time.time()}
+    if world.distributed:
+        history['world_size'] = world.size
     step = 0
     state_path = out / STATE_FILE
     if resume:
         if not state_path.is_file():
             raise FinetuneError(f'--resume: no {STATE_FILE} in {out}')
         state = torch.load(state_path, weights_only=False)
-        model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
+        dist.load_full_state(model, optimizer, state['model'], state['optimizer'], strategy, world)
         rng.bit_generator.state = state['rng']
         if 'augment_rng' in state:
             augment.set_state(state['augment_rng'])
         history, step = state['history'], state['step']
-    autocast = (torch.autocast('cuda', dtype=torch.bfloat16) if device == 'cuda'
+    eval_module = wrapped if world.distributed and strategy == 'fsdp' else None
+
+    def held_out() -> dict:
+        return evaluate(model, samples, held_idx, config.batch_size, eval_module)
+
+    def save() -> None:
+        model_state, optimizer_state = dist.full_state(model, optimizer, strategy, world)
+        if world.is_main:
+            _save_state(state_path, model_state, optimizer_state, rng, augment, history, step)
+
+    autocast = (torch.autocast('cuda', dtype=torch.bfloat16) if device.startswith('cuda')
                 else torch.autocast('cpu', enabled=False))
-    bar = _progress(config.steps, step, progress)
+    bar = _progress(config.steps, step, progress and world.is_main)
     t0 = time.perf_counter()
     spent_before = history.get('train_seconds', 0.0)
     stopped_early = False
     while step < config.steps:
-        if config.time_limit_s is not None and \
-                spent_before + time.perf_counter() - t0 >= config.time_limit_s:
-            stopped_early = True
-            break
+        if config.time_limit_s is not None:
+            over = spent_before + time.perf_counter() - t0 >= config.time_limit_s
+            if world.any(over and world.is_main) if world.distributed else over:
+                stopped_early = True
+                break
         for group in optimizer.param_groups:
             group['lr'] = learning_rate_at(step, config)
         optimizer.zero_grad(set_to_none=True)
         total_loss = total_acc = 0.0
-        for _ in range(config.grad_accumulation):
+        for micro in range(config.grad_accumulation):
             chunk = rng.choice(train_idx, size=min(config.batch_size, len(train_idx)), replace=False)
             pixels, ids, labels = samples.batch(chunk)
             pixels = shift_images(pixels, config.augment_shift_px, augment)
-            with autocast:
-                loss, acc = action_loss(model, pixels, ids, labels, samples.action_dim)
-            (loss / config.grad_accumulation).backward()
-            total_loss += float(loss.detach()) / config.grad_accumulation
-            total_acc += float(acc) / config.grad_accumulation
+            if not world.distributed:
+                with autocast:
+                    loss, acc = action_loss(model, pixels, ids, labels, samples.action_dim)
+                (loss / config.grad_accumulation).backward()
+                total_loss += float(loss.detach()) / config.grad_accumulation
+                total_acc += float(acc) / config.grad_accumulation
+                continue
+            mine = world.share(len(chunk))
+            weight = (mine.stop - mine.start) / len(chunk)
+            sync = (strategy != 'ddp' or micro == config.grad_accumulation - 1)
+            with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast:
+                loss, acc = wrapped(pixels[mine], ids[mine], labels[mine])
+            # DDP/FSDP average the gradients over the ranks: scale back to the global mean
+            (loss * (weight * world.size / config.grad_accumulation)).backward()
+            total_loss += float(loss.detach()) * weight / config.grad_accumulation
+            total_acc += float(acc) * weight / config.grad_accumulation
+        if world.distributed:
+            total_loss, total_acc = world.sum([total_loss, total_acc])
         optimizer.step()
         step += 1
         history['train'].append({'step': step, 'loss': total_loss, 'accuracy': total_acc})
@@ -324,13 +397,13 @@ def train(checkpoint: str | Path, dataset_dir: str | Path, out_dir: str | Path,
             bar.update(1)
         if step % config.eval_every == 0 or step == config.steps:
             model.eval()
-            held = evaluate(model, samples, held_idx, config.batch_size)
+            held = held_out()
             model.train()
             if held:
                 history['heldout'].append({'step': step, **held})
         if step % config.save_every == 0 or step == config.steps:
             history['train_seconds'] = spent_before + time.perf_counter() - t0
-            _save_state(state_path, model, optimizer, rng, augment, history, step)
+            save()
     if bar is not None:
         bar.close()
     history['train_seconds'] = spent_before + time.perf_counter() - t0
@@ -338,22 +411,45 @@ def train(checkpoint: str | Path, dataset_dir: str | Path, out_dir: str | Path,
     if stopped_early:
         history['stopped'] = f'time limit {config.time_limit_s:g} s reached at step {step}'
         model.eval()
-        held = evaluate(model, samples, held_idx, config.batch_size)
+        held = held_out()
         if held:
             history['heldout'].append({'step': step, **held})
-        _save_state(state_path, model, optimizer, rng, augment, history, step)
+        save()
     model.eval()
-    merged = model.merge_and_unload() if config.mode != 'full' else model
-    exported = export_checkpoint(merged, Path(checkpoint), out / 'checkpoint',
-                                 {samples.key: samples.stats})
-    write_training_seeds(Path(dataset_dir), exported)
-    (out / 'history.json').write_text(json.dumps(history, indent=2))
+    if world.distributed and strategy == 'fsdp':
+        merged = dist.full_state(model, optimizer, strategy, world)[0]
+    elif config.mode == 'qlora':
+        merged = merge_into_full_precision(model, checkpoint, config.lora_rank)
+    else:
+        merged = model.merge_and_unload() if config.mode != 'full' else model
+    if world.is_main:
+        exported = export_checkpoint(merged, Path(checkpoint), out / 'checkpoint',
+                                     {samples.key: samples.stats},
+                                     EXPORT_DTYPES[config.export_dtype])
+        write_training_seeds(Path(dataset_dir), exported)
+        (out / 'history.json').write_text(json.dumps(history, indent=2))
+    world.barrier()
     return history
 
 
-def _save_state(path: Path, model, optimizer, rng, augment, history, step) -> None:
+def merge_into_full_precision(peft_model, checkpoint: str | Path, rank: int):
+    """The trained adapters merged into the start checkpoint loaded in float32 on the CPU (as
+    upstream merges its QLoRA adapters into the unquantised base): merging into the 4-bit base
+    would re-quantise the sum and leave bitsandbytes' packed tensors, which no loader reads."""
+    adapters = {k: v.detach().float().cpu() for k, v in peft_model.state_dict().items()
+                if 'lora_' in k}
+    base = wrap_lora(load_policy(checkpoint, PolicyOptions(dtype='float32', device='cpu')).model,
+                     rank)
+    missing = set(adapters) - set(base.state_dict())
+    if missing:
+        raise FinetuneError(f'adapter weights without a place in the float32 base: {sorted(missing)[:3]}')
+    base.load_state_dict(adapters, strict=False)
+    return base.merge_and_unload()
+
+
+def _save_state(path: Path, model_state, optimizer_state, rng, augment, history, step) -> None:
     tmp = path.with_name(path.name + '.partial')
-    torch.save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
+    torch.save({'model': model_state, 'optimizer': optimizer_state,
                 'rng': rng.bit_generator.state, 'augment_rng': augment.get_state(),
                 'history': history, 'step': step}, tmp)
     tmp.replace(path)
@@ -371,7 +467,8 @@ def export_checkpoint(model, source: Path, out: Path, norm_stats: dict,
                       dtype: torch.dtype = torch.bfloat16) -> Path:
     """A checkpoint directory in the Hugging Face layout: the source's config (with the new
     ``norm_stats``), preprocessor and tokenizer files, ``model.safetensors`` and
-    ``dataset_statistics.json``. Written beside ``out`` and renamed when complete."""
+    ``dataset_statistics.json``. Written beside ``out`` and renamed when complete. ``model``: a
+    module, or its state dict."""
     from safetensors.torch import save_file
 
     staging = out.with_name(out.name + '.partial')
@@ -387,7 +484,7 @@ def export_checkpoint(model, source: Path, out: Path, norm_stats: dict,
     (staging / 'config.json').write_text(json.dumps(config, indent=2))
     (staging / 'dataset_statistics.json').write_text(json.dumps(norm_stats, indent=2))
     tensors = {module_key_to_checkpoint_key(k): v.detach().to('cpu', dtype).contiguous()
-               for k, v in model.state_dict().items()}
+               for k, v in (model if isinstance(model, dict) else model.state_dict()).items()}
     save_file(tensors, str(staging / 'model.safetensors'), metadata={'format': 'pt'})
     if out.exists():
         backup = out.with_name(out.name + '.previous')
