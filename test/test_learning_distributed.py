@@ -29,6 +29,7 @@ IMAGE = 28
 FLAGS = dict(batch_size=4, grad_accumulation=2, learning_rate=3e-3, holdout_fraction=0.25,
              eval_every=2, save_every=2, threads=1, export_dtype='float32')
 STEPS = 3
+LORA_RANK = 4
 
 
 @pytest.fixture(scope='module')
@@ -87,18 +88,20 @@ def _assert_same_run(history, reference, out, reference_out):
         torch.testing.assert_close(x, y, rtol=0, atol=1e-4, msg=key)
 
 
-@pytest.mark.parametrize('strategy', ['ddp', 'fsdp'])
-def test_two_processes_follow_the_one_process_run_and_resume(setup, strategy):
+@pytest.mark.parametrize('strategy, mode', [('ddp', 'full'), ('fsdp', 'full'), ('ddp', 'lora')])
+def test_two_processes_follow_the_one_process_run_and_resume(setup, strategy, mode):
     checkpoint, data, base = setup
-    reference_out = base / 'one'
+    reference_out = base / f'one-{mode}'
     if not (reference_out / 'history.json').is_file():
-        train(checkpoint, data, reference_out, TrainConfig(steps=STEPS, **FLAGS), progress=False)
+        train(checkpoint, data, reference_out,
+              TrainConfig(steps=STEPS, mode=mode, lora_rank=LORA_RANK, **FLAGS), progress=False)
     reference = json.loads((reference_out / 'history.json').read_text())
     losses = [s['loss'] for s in reference['train']]
     assert losses[-1] < losses[0] and len(reference['heldout']) == 2
 
-    out = base / strategy
-    history = _torchrun(checkpoint, data, out, STEPS, f'--distributed={strategy}')
+    flags = [f'--distributed={strategy}', f'--mode={mode}', f'--lora-rank={LORA_RANK}']
+    out = base / f'{strategy}-{mode}'
+    history = _torchrun(checkpoint, data, out, STEPS, *flags)
     _assert_same_run(history, reference, out, reference_out)
     # the weights did move, by much more than the tolerance
     start = load_file(str(checkpoint / 'model.safetensors'))
@@ -106,7 +109,7 @@ def test_two_processes_follow_the_one_process_run_and_resume(setup, strategy):
     assert max(float((trained[k] - start[k].float()).abs().max()) for k in trained if k in start) > 1e-3
 
     # two steps, then resumed to the end, in two processes: the same run again
-    resumed_out = base / f'{strategy}-resumed'
-    _torchrun(checkpoint, data, resumed_out, 2, f'--distributed={strategy}')
-    resumed = _torchrun(checkpoint, data, resumed_out, STEPS, f'--distributed={strategy}', '--resume')
+    resumed_out = base / f'{strategy}-{mode}-resumed'
+    _torchrun(checkpoint, data, resumed_out, 2, *flags)
+    resumed = _torchrun(checkpoint, data, resumed_out, STEPS, *flags, '--resume')
     _assert_same_run(resumed, reference, resumed_out, reference_out)
