@@ -336,7 +336,19 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
         if not state_path.is_file():
             raise FinetuneError(f'--resume: no {STATE_FILE} in {out}')
         state = torch.load(state_path, weights_only=False)
-        dist.load_full_state(model, optimizer, state['model'], state['optimizer'], strategy, world)
+        model_state = state['model']
+        if config.mode != 'full':
+            # adapters only (states written before kept the frozen base too: dropped here)
+            wanted = adapter_state(model.state_dict())
+            model_state = {k: v for k, v in model_state.items() if k in wanted}
+            if model_state.keys() != wanted.keys():
+                raise FinetuneError(f'--resume: {state_path} lacks adapter weights of this model '
+                                    f'(another --lora-rank or mode?)')
+            model.load_state_dict(model_state, strict=False)   # ddp only: replicas are whole
+            optimizer.load_state_dict(state['optimizer'])
+        else:
+            dist.load_full_state(model, optimizer, model_state, state['optimizer'], strategy,
+                                 world)
         rng.bit_generator.state = state['rng']
         if 'augment_rng' in state:
             augment.set_state(state['augment_rng'])
@@ -348,6 +360,8 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
 
     def save() -> None:
         model_state, optimizer_state = dist.full_state(model, optimizer, strategy, world)
+        if config.mode != 'full':
+            model_state = adapter_state(model_state)   # the base is the start checkpoint's
         if world.is_main:
             _save_state(state_path, model_state, optimizer_state, rng, augment, history, step)
 
@@ -432,12 +446,17 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
     return history
 
 
+def adapter_state(state: dict) -> dict:
+    """The LoRA adapter entries of a peft model's state dict: what a lora/qlora trainer state
+    keeps (the frozen base is the start checkpoint's, reloaded on resume)."""
+    return {k: v for k, v in state.items() if 'lora_' in k}
+
+
 def merge_into_full_precision(peft_model, checkpoint: str | Path, rank: int):
     """The trained adapters merged into the start checkpoint loaded in float32 on the CPU (as
     upstream merges its QLoRA adapters into the unquantised base): merging into the 4-bit base
     would re-quantise the sum and leave bitsandbytes' packed tensors, which no loader reads."""
-    adapters = {k: v.detach().float().cpu() for k, v in peft_model.state_dict().items()
-                if 'lora_' in k}
+    adapters = {k: v.detach().float().cpu() for k, v in adapter_state(peft_model.state_dict()).items()}
     base = wrap_lora(load_policy(checkpoint, PolicyOptions(dtype='float32', device='cpu')).model,
                      rank)
     missing = set(adapters) - set(base.state_dict())
