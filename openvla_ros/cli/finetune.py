@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'statistics, the untrained control)')
     p.add_argument('--time-limit-min', type=float, default=None,
                    help='stop early, and export, after this many minutes of training')
-    p.add_argument('--batch-size', type=int, default=d.batch_size, help='samples per micro-batch')
+    p.add_argument('--batch-size', type=int, default=d.batch_size, help='samples per micro-batch (over all processes under torchrun)')
     p.add_argument('--grad-accumulation', type=int, default=d.grad_accumulation,
                    help='micro-batches per optimizer step')
     p.add_argument('--learning-rate', type=float, default=d.learning_rate, help='AdamW learning rate')

@@ -11,6 +11,12 @@ token = ``action_vocab_size - i``.
 The model is the engine's own :class:`~openvla_ros.engine.modeling.OpenVLAModel`, loaded through
 :func:`~openvla_ros.engine.policy.load_policy` in float32, so training sees exactly the image
 pipeline, tokenizer and prompt that inference uses.
+
+Modes: ``full``; ``lora`` (peft adapters on every linear layer but ``lm_head``, merged into the
+export); ``qlora`` (the same adapters over a bitsandbytes 4-bit base, CUDA only, merged into the
+float32 base for the export). Under ``torchrun`` the run is shared by several processes (DDP, or
+FSDP for a full fine-tune) and follows the one-process run with the same flags
+(:mod:`openvla_ros.learning.distributed`). The trainer state of lora/qlora keeps the adapters only.
 """
 from __future__ import annotations
 
@@ -328,8 +334,6 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
     rng = np.random.default_rng(config.seed)
     augment = torch.Generator().manual_seed(config.seed)
     history: dict = {'config': asdict(config), 'train': [], 'heldout': [], 'started_at': time.time()}
-    if world.distributed:
-        history['world_size'] = world.size
     step = 0
     state_path = out / STATE_FILE
     if resume:
@@ -353,6 +357,10 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
         if 'augment_rng' in state:
             augment.set_state(state['augment_rng'])
         history, step = state['history'], state['step']
+    if world.distributed:
+        history['world_size'] = world.size
+    else:
+        history.pop('world_size', None)
     eval_module = wrapped if world.distributed and strategy == 'fsdp' else None
 
     def held_out() -> dict:
