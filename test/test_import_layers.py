@@ -1,7 +1,7 @@
 """Imports point down: every module's imports, parsed, obey the layer order of the package.
 
 ``defaults``/``action_layout``/... < ``engine``, ``control`` < ``policy`` < ``server``, ``bag``,
-``sim``, ``nodes``, ``evaluation``, ``learning`` < ``cli``. A package without a layer fails the test. A module may import its own layer and any layer below it. Modules
+``sim``, ``nodes``, ``evaluation``, ``learning``, ``demo`` < ``cli``. A package without a layer fails the test. A module may import its own layer and any layer below it. Modules
 kept only so that old import paths still work (re-exports of moved code) are listed, with where
 the code lives now.
 """
@@ -16,7 +16,7 @@ LAYERS = {
     'foundation': 0,   # top-level modules: defaults, paths, stamps, action_layout, ...
     'engine': 1, 'control': 1,
     'policy': 2,
-    'server': 3, 'bag': 3, 'sim': 3, 'nodes': 3, 'evaluation': 3, 'learning': 3,
+    'server': 3, 'bag': 3, 'sim': 3, 'nodes': 3, 'evaluation': 3, 'learning': 3, 'demo': 3,
     'cli': 4,
 }
 # Top-level modules that sit above the foundation (they build on a package layer).
