@@ -46,6 +46,8 @@ DEFAULT_EMBODIMENT = 'widowx_250s_bridge'
 DEFAULT_SERVER_HOST = '127.0.0.1'
 DEFAULT_SERVER_PORT = 8000
 MAX_INSTRUCTION_CHARS = 1000   # longer instructions are rejected with a clear error
+# in a trained checkpoint: the simulator seeds of its demonstrations (openvla-eval --held-out)
+TRAINING_SEEDS_FILE = 'training_seeds.json'
 
 # Topics that stay global in a namespace: the aggregator and the clock are one per graph.
 GLOBAL_TOPICS = frozenset({DIAGNOSTICS_TOPIC, CLOCK_TOPIC})

@@ -23,13 +23,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from openvla_ros.defaults import TRAINING_SEEDS_FILE
 from openvla_ros.evaluation import tasks as T
 from openvla_ros.policy.options import (OPTIONAL, add_checkpoint_argument, add_policy_arguments,
                                         add_unnorm_key_argument,
                                         add_remote_arguments, fail, policy_options, remote_options)
 
 DEFAULT_OUTPUT_ROOT = Path('output/eval')
-TRAINING_SEEDS_FILE = 'training_seeds.json'     # in a checkpoint directory: seeds it was trained on
 MAX_CONSECUTIVE_POLICY_ERRORS = 3
 POLICY_NAMES = ('model', 'expert', 'random', 'shuffled')
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from openvla_ros.defaults import TRAINING_SEEDS_FILE
 from openvla_ros.engine.modeling import module_key_to_checkpoint_key, splice_image
 from openvla_ros.engine.policy import PolicyOptions, load_policy
 from openvla_ros.engine.prompt import build_prompt
@@ -43,7 +44,6 @@ from .dataset import INFO_FILE, DatasetError, iter_episodes, load_statistics
 IGNORE_INDEX = -100
 EOS_TOKEN_ID = 2
 STATE_FILE = 'trainer_state.pt'
-TRAINING_SEEDS_FILE = 'training_seeds.json'   # read by openvla-eval --held-out
 MODES = ('full', 'lora', 'qlora')
 LR_SCHEDULES = ('constant', 'cosine')
 EXPORT_DTYPES = {'bfloat16': torch.bfloat16, 'float32': torch.float32}
@@ -524,14 +524,19 @@ def export_checkpoint(model, source: Path, out: Path, norm_stats: dict,
 
 def write_training_seeds(dataset_dir: Path, checkpoint_dir: Path) -> None:
     """``training_seeds.json`` in the checkpoint: the simulator seeds its demonstrations came from
-    (the dataset's ``meta/info.json``), which ``openvla-eval --held-out`` refuses to evaluate on."""
+    (the dataset's ``meta/info.json``), which ``openvla-eval --held-out`` refuses to evaluate on,
+    and the camera frame shape it was trained on (``image_shape``, [H, W, 3])."""
     info_path = dataset_dir / INFO_FILE
     if not info_path.is_file():
         return
-    seeds = json.loads(info_path.read_text()).get('seeds')
-    if seeds:
-        lo, hi = int(min(seeds)), int(max(seeds))
-        (checkpoint_dir / TRAINING_SEEDS_FILE).write_text(json.dumps({'seeds': [[lo, hi + 1]]}))
+    info = json.loads(info_path.read_text())
+    doc = {}
+    if info.get('seeds'):
+        doc['seeds'] = [[int(min(info['seeds'])), int(max(info['seeds'])) + 1]]
+    if info.get('image_shape'):
+        doc['image_shape'] = [int(v) for v in info['image_shape']]
+    if doc:
+        (checkpoint_dir / TRAINING_SEEDS_FILE).write_text(json.dumps(doc))
 
 
 def count_parameters(model) -> int:
