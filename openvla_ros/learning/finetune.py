@@ -363,8 +363,12 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
         history.pop('world_size', None)
     eval_module = wrapped if world.distributed and strategy == 'fsdp' else None
 
-    def held_out() -> dict:
-        return evaluate(model, samples, held_idx, config.batch_size, eval_module)
+    def record_held_out() -> None:
+        model.eval()
+        held = evaluate(model, samples, held_idx, config.batch_size, eval_module)
+        model.train()
+        if held:
+            history['heldout'].append({'step': step, **held})
 
     def save() -> None:
         model_state, optimizer_state = dist.full_state(model, optimizer, strategy, world)
@@ -418,11 +422,7 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
             bar.set_postfix(loss=f'{total_loss:.3f}', acc=f'{total_acc:.2f}')
             bar.update(1)
         if step % config.eval_every == 0 or step == config.steps:
-            model.eval()
-            held = held_out()
-            model.train()
-            if held:
-                history['heldout'].append({'step': step, **held})
+            record_held_out()
         if step % config.save_every == 0 or step == config.steps:
             history['train_seconds'] = spent_before + time.perf_counter() - t0
             save()
@@ -432,10 +432,7 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
     history['steps_done'] = step
     if stopped_early:
         history['stopped'] = f'time limit {config.time_limit_s:g} s reached at step {step}'
-        model.eval()
-        held = held_out()
-        if held:
-            history['heldout'].append({'step': step, **held})
+        record_held_out()
         save()
     model.eval()
     if world.distributed and strategy == 'fsdp':
