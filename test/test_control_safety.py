@@ -160,6 +160,37 @@ def test_blocking_keeps_newest_pending(bridge, kin, start_q):
     np.testing.assert_allclose(cmd.target.position, kin.forward(start_q).position + [0.01, 0, 0.01], atol=1e-6)
 
 
+
+def test_an_action_waits_for_joint_states_as_new_as_its_image(bridge, kin, start_q):
+    """The policy saw the arm at the image's stamp: the IK seed and the speed stretch must not
+    come from an older measurement. The action waits (pending) until one arrives, and is refused
+    as stale if none does; stamps of another time base (farther apart than the joint-state age
+    bound) and unstamped joint states are not compared."""
+    c = _controller(bridge, kin, start_q)
+    names = bridge.arm_joints
+    c.update_joints(dict(zip(names, start_q)), 10.0, stamp_s=9.98)
+    r = c.on_action(ActionInput((0.01, 0, 0, 0, 0, 0, 1), 10.0), 10.0)
+    assert isinstance(r, Refusal) and r.pending and 'as new as the image' in r.reason
+    assert c.counters.executed == 0 and c.counters.rejected == 0
+    assert c.tick(10.01) is None                               # still behind: keeps waiting
+    c.update_joints(dict(zip(names, start_q)), 10.02, stamp_s=10.0)
+    assert isinstance(c.tick(10.02), Command) and c.counters.executed == 1
+    # never catching up: refused once the action is stale, with the reason
+    late = bridge.control_period_s + 10.02
+    c.update_joints(dict(zip(names, start_q)), late, stamp_s=late - 0.05)
+    assert c.on_action(ActionInput((0.01, 0, 0, 0, 0, 0, 1), late), late).pending
+    stale_at = late + bridge.max_action_age_s + 0.01
+    c.update_joints(dict(zip(names, start_q)), stale_at, stamp_s=late - 0.05)
+    r = c.tick(stale_at)
+    assert isinstance(r, Refusal) and not r.pending and r.reason.startswith('stale action')
+    # unstamped, or stamped on another clock: not compared
+    for stamp in (0.0, None, stale_at - 1000.0):
+        t = stale_at + bridge.control_period_s * 2
+        stale_at = t
+        c.update_joints(dict(zip(names, start_q)), t, stamp_s=stamp)
+        assert isinstance(c.on_action(ActionInput((0.0, 0, 0, 0, 0, 0, 1), t), t), Command), stamp
+
+
 finite = st.floats(-0.2, 0.2)
 wild = st.one_of(finite, st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e9, -1e9]))
 

@@ -25,7 +25,12 @@ Rules, in the order they are checked for an action:
 6. at most one action is executed per ``control_period_s`` of the node clock, whatever the input
    rate: an action accepted sooner is kept as the newest pending one (replacing, never adding
    to, an earlier pending one) and executed by :meth:`tick` when the period has passed; in
-   blocking mode the pending action also waits for the goal (or ``blocking_timeout_s``);
+   blocking mode the pending action also waits for the goal (or ``blocking_timeout_s``); an
+   action also waits while the arm joints' newest measurement is stamped before the action's
+   image (the policy saw a newer arm than the controller has: the IK seed and the speed stretch
+   would come from an older state), until the measurement catches up or rule 5 refuses it;
+   stamps are compared only when both are set and less than ``max_joint_state_age_s`` apart
+   (farther apart means another time base, which the receive-time bounds cover);
 7. Bridge delta on the previous commanded target (re-seeded from the measured pose after
    enable, hold, e-stop reset or ``reset_target``), per-step and workspace clips;
 8. IK from the measured joints; failure or a joint limit → refused, the target is not advanced;
@@ -144,7 +149,8 @@ class SafetyController:
         self.target_gripper: float | None = None
         self.last_action_stamp_s: float | None = None
         # name -> (position, node time, steady time) of its newest finite measurement
-        self._joints: dict[str, tuple[float, float | None, float | None]] = {}
+        # name -> (position, received on the node clock, on the steady clock, header stamp), s
+        self._joints: dict[str, tuple[float, float | None, float | None, float | None]] = {}
         self._last_accepted_s: float | None = None
         self._last_accepted_steady_s: float | None = None
         self._last_executed_s: float | None = None
@@ -162,18 +168,21 @@ class SafetyController:
         return self.estop.input
 
     # ---------------------------------------------------------------- inputs
-    def update_joints(self, positions: dict, now_s: float | None = None, steady_s: float | None = None) -> None:
+    def update_joints(self, positions: dict, now_s: float | None = None, steady_s: float | None = None,
+                      stamp_s: float | None = None) -> None:
         """Record measured joint positions by name, received at ``now_s`` / ``steady_s`` (None:
-        freshness not tracked). Each joint's age is its own: a message refreshes only the
-        joints it carries with a finite value, so a partial, empty, non-finite or foreign
-        JointState never makes the other joints look fresh."""
+        freshness not tracked), measured at ``stamp_s`` (the message's header stamp; None or 0:
+        unknown). Each joint's age is its own: a message refreshes only the joints it carries
+        with a finite value, so a partial, empty, non-finite or foreign JointState never makes
+        the other joints look fresh."""
+        stamp_s = stamp_s if stamp_s else None
         for name, value in positions.items():
             try:
                 value = float(value)
             except (TypeError, ValueError):
                 continue
             if math.isfinite(value):  # per JointState message: math, not numpy, on scalars
-                self._joints[name] = (value, now_s, steady_s)
+                self._joints[name] = (value, now_s, steady_s, stamp_s)
 
     def joint_states_stale(self, now_s: float, steady_s: float | None = None) -> str:
         """Why the arm-joint measurement cannot be acted on; '' when every arm joint is fresh."""
@@ -181,7 +190,7 @@ class SafetyController:
         for name in self.embodiment.arm_joints:
             if name not in self._joints:
                 return f'no joint state for {name}'
-            _, t_node, t_steady = self._joints[name]
+            _, t_node, t_steady, _ = self._joints[name]
             if t_node is not None and now_s - t_node > limit:
                 return f'joint states stale: age {now_s - t_node:.2f} s > {limit:.2f} s ({name})'
             if steady_s is not None and t_steady is not None and steady_s - t_steady > limit:
@@ -345,7 +354,7 @@ class SafetyController:
         stale = self._stale_reason(action, now_s)
         if stale:
             return self._refuse(stale)
-        waiting = self._wait_reason(now_s)
+        waiting = self._wait_reason(now_s, action)
         if waiting:
             if self._pending is not None:
                 self.counters.dropped_while_busy += 1
@@ -353,7 +362,7 @@ class SafetyController:
             return Refusal(f'{waiting}; action kept as the newest pending', pending=True)
         return self._execute(action, now_s, steady_s)
 
-    def _wait_reason(self, now_s: float) -> str:
+    def _wait_reason(self, now_s: float, action: ActionInput) -> str:
         """Why an accepted action has to wait before it may run; '' when it may run now."""
         if self.embodiment.blocking and self._goal_deadline_s is not None:
             return 'blocking: waiting for the goal'
@@ -361,6 +370,17 @@ class SafetyController:
             left = self._last_executed_s + self.embodiment.control_period_s - now_s
             if left > PERIOD_TOLERANCE_S:
                 return f'rate: next action in {left:.3f} s (one per control period)'
+        return self._joints_behind(action)
+
+    def _joints_behind(self, action: ActionInput) -> str:
+        """Why the arm measurement is older than the action's image; '' when it is not."""
+        limit = self.embodiment.max_joint_state_age_s
+        for name in self.embodiment.arm_joints:
+            stamp = self._joints[name][3] if name in self._joints else None
+            behind = None if stamp is None else action.stamp_s - stamp
+            if behind is not None and PERIOD_TOLERANCE_S < behind <= limit:
+                return (f'waiting for joint states as new as the image: {name} measured '
+                        f'{behind:.3f} s before it')
         return ''
 
     def _stale_reason(self, action: ActionInput, now_s: float) -> str:
@@ -454,12 +474,16 @@ class SafetyController:
                 self._goal_deadline_s = None
                 if not reached:
                     self._event('blocking: goal not reached before the timeout')
-        if self._pending is not None and not self._wait_reason(now_s):
+        if self._pending is None:
+            return None
+        # checked again: the limits may have changed and time has passed while it waited; one
+        # that went stale waiting is refused now, not kept
+        stale_action = self._stale_reason(self._pending, now_s)
+        if stale_action or not self._wait_reason(now_s, self._pending):
             pending, self._pending = self._pending, None
             if self.estop_latched or not self.enabled:
                 return None
-            # checked again: the limits may have changed and time has passed while it waited
-            stale = self.joint_states_stale(now_s, steady_s) or self._stale_reason(pending, now_s)
+            stale = self.joint_states_stale(now_s, steady_s) or stale_action
             if stale:
                 return self._refuse(f'{stale} (pending)')
             return self._execute(pending, now_s, steady_s)

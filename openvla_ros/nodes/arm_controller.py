@@ -334,7 +334,8 @@ class ArmControllerNode(LifecycleNode):
         with self._lock:
             if self._controller is None:
                 return
-            self._controller.update_joints(dict(zip(msg.name, msg.position)), *self._clocks())
+            self._controller.update_joints(dict(zip(msg.name, msg.position)), *self._clocks(),
+                                           stamp_s=common.stamp_to_s(msg.header.stamp))
 
     def _on_estop(self, msg: Bool) -> None:
         with self._lock:
