@@ -21,6 +21,23 @@ from openvla_ros.server.app import ServerConfig, create_app
 TOKEN_ENV = 'OPENVLA_SERVER_TOKEN'
 LOOPBACK_NAMES = ('localhost',)
 
+# The serving limits, one flag each: (flag, ServerConfig field, flag type, the field's units per
+# flag unit, help). An int flag must be >= 1, a float flag > 0.
+LIMIT_FLAGS = (
+    ('--max-batch', 'max_batch', int, 1, 'most requests run as one batch'),
+    ('--queue-size', 'queue_size', int, 1, 'requests that may wait; more get 503'),
+    ('--request-timeout-s', 'request_timeout_s', float, 1,
+     'seconds from arrival to answer, queue wait included; then 504'),
+    ('--max-body-mb', 'max_body_bytes', float, 2 ** 20, 'largest request body in MiB; larger gets 413'),
+    ('--max-image-pixels', 'max_image_pixels', int, 1, 'largest image (H x W); larger gets 413'),
+    ('--keep-alive-timeout-s', 'keep_alive_timeout_s', float, 1,
+     'close an idle keep-alive connection after this long'),
+    ('--header-timeout-s', 'header_timeout_s', float, 1,
+     'close a connection whose request line and headers are not complete within this long'),
+    ('--max-header-kb', 'max_header_bytes', float, 1024,
+     'largest request line + headers in KiB; larger gets 400'),
+)
+
 
 def is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
@@ -49,24 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--port', type=int, default=defaults.DEFAULT_SERVER_PORT)
     p.add_argument('--token-file', type=Path, default=None,
                    help=f'file holding the bearer token (else ${TOKEN_ENV}; unset = no auth)')
-    p.add_argument('--max-batch', type=int, default=d.max_batch,
-                   help='most requests run as one batch (default %(default)s)')
-    p.add_argument('--queue-size', type=int, default=d.queue_size,
-                   help='requests that may wait; more get 503 (default %(default)s)')
-    p.add_argument('--request-timeout-s', type=float, default=d.request_timeout_s,
-                   help='seconds from arrival to answer, queue wait included; then 504 '
-                        '(default %(default)s)')
-    p.add_argument('--max-body-mb', type=float, default=d.max_body_bytes / 2 ** 20,
-                   help='largest request body in MiB; larger gets 413 (default %(default)s)')
-    p.add_argument('--max-image-pixels', type=int, default=d.max_image_pixels,
-                   help='largest image (H x W); larger gets 413 (default %(default)s)')
-    p.add_argument('--keep-alive-timeout-s', type=float, default=d.keep_alive_timeout_s,
-                   help='close an idle keep-alive connection after this long (default %(default)s)')
-    p.add_argument('--header-timeout-s', type=float, default=d.header_timeout_s,
-                   help='close a connection whose request line and headers are not complete '
-                        'within this long (default %(default)s)')
-    p.add_argument('--max-header-kb', type=float, default=d.max_header_bytes / 1024,
-                   help='largest request line + headers in KiB; larger gets 400 (default %(default)s)')
+    for flag, field, kind, unit, text in LIMIT_FLAGS:
+        p.add_argument(flag, type=kind, default=kind(getattr(d, field) / unit),
+                       help=f'{text} (default %(default)s)')
     p.add_argument('--extra-latency-s', type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument('--log-level', default='info',
                    choices=('critical', 'error', 'warning', 'info', 'debug'))
@@ -123,6 +125,20 @@ def bounded_h11_protocol(header_timeout_s: float):
     return BoundedH11Protocol
 
 
+def server_limits(args: argparse.Namespace) -> dict:
+    """The ServerConfig fields of the limit flags in ``args``, in the fields' units and types;
+    ``ValueError`` names the first flag out of range."""
+    d, limits = ServerConfig(), {}
+    for flag, field, kind, unit, _ in LIMIT_FLAGS:
+        value = getattr(args, flag[2:].replace('-', '_'))
+        if kind is int and value < 1:
+            raise ValueError(f'{flag} must be >= 1')
+        if kind is float and not value > 0:
+            raise ValueError(f'{flag} must be > 0')
+        limits[field] = type(getattr(d, field))(value * unit)
+    return limits
+
+
 def uvicorn_config(app, config: ServerConfig, host: str, port: int, log_level: str = 'info'):
     """The uvicorn configuration that serves ``app`` with ``config``'s connection limits."""
     import uvicorn
@@ -159,24 +175,12 @@ def main(argv: list[str] | None = None) -> int:
               f'reach it could drive the robot. Set --token-file or ${TOKEN_ENV}, or bind to '
               f'{defaults.DEFAULT_SERVER_HOST}.', file=sys.stderr)
         return 2
-    for name in ('max_batch', 'queue_size', 'max_image_pixels'):
-        if getattr(args, name) < 1:
-            print(f'openvla-serve: --{name.replace("_", "-")} must be >= 1', file=sys.stderr)
-            return 2
-    positive = ('request_timeout_s', 'max_body_mb', 'keep_alive_timeout_s', 'header_timeout_s',
-                'max_header_kb')
-    for name in positive:
-        if not getattr(args, name) > 0:
-            print(f'openvla-serve: --{name.replace("_", "-")} must be > 0', file=sys.stderr)
-            return 2
-    config = ServerConfig(max_batch=args.max_batch, queue_size=args.queue_size,
-                          request_timeout_s=args.request_timeout_s,
-                          max_body_bytes=int(args.max_body_mb * 2 ** 20),
-                          max_image_pixels=args.max_image_pixels,
-                          unnorm_key_default=args.unnorm_key_default, token=token,
-                          keep_alive_timeout_s=args.keep_alive_timeout_s,
-                          header_timeout_s=args.header_timeout_s,
-                          max_header_bytes=int(args.max_header_kb * 1024))
+    try:
+        limits = server_limits(args)
+    except ValueError as exc:
+        print(f'openvla-serve: {exc}', file=sys.stderr)
+        return 2
+    config = ServerConfig(unnorm_key_default=args.unnorm_key_default, token=token, **limits)
 
     import uvicorn
 
