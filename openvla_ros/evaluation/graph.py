@@ -46,7 +46,7 @@ import numpy as np
 from openvla_ros import bringup, defaults
 from openvla_ros.control.embodiment import Embodiment
 from openvla_ros.evaluation import tasks as T
-from openvla_ros.evaluation.runner import DEFAULT_IMAGE_SIZE, EpisodeResult, uses_image
+from openvla_ros.evaluation.runner import DEFAULT_IMAGE_SIZE, EpisodeResult, timed_predict, uses_image
 
 VLA_NODE_POLICY = 'vla_node'           # run_episode(policy=...): the graph's vla_node is the policy
 STARTUP_TIMEOUT_S = 300.0              # model load + self test of a large checkpoint
@@ -417,15 +417,12 @@ class EvaluationGraph:
                     policy_s += float(msg.inference_latency_s)
                 else:
                     self._sync_mirror(state)
-                    p0 = time.perf_counter()
-                    try:
-                        action = np.asarray(policy.predict(None, text, unnorm_key).action, dtype=float)
-                        self._publish_action(action, stamp_ns, text)   # refuses what no robot may get
-                    except Exception as exc:  # noqa: BLE001 - any policy failure ends this episode, not the run
-                        reason = f'policy error: {type(exc).__name__}: {exc}'
+                    action, error, seconds = timed_predict(   # the publish refuses what no robot may get
+                        policy, None, text, unnorm_key, then=lambda a: self._publish_action(a, stamp_ns, text))
+                    policy_s += seconds
+                    if error is not None:
+                        reason = error
                         break
-                    finally:
-                        policy_s += time.perf_counter() - p0
                 actions.append(action)
                 refusal, refused = self._wait_outcome(base, step + 1, refused, step_timeout_s)
                 if refusal is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -57,6 +58,21 @@ class EpisodeResult:
 
 def uses_image(policy) -> bool:
     return bool(getattr(policy, 'uses_image', True))
+
+
+def timed_predict(policy, image, text: str, unnorm_key, then: Callable[[np.ndarray], None] | None = None
+                  ) -> tuple[np.ndarray | None, str | None, float]:
+    """One policy step, timed: ``(action, None, seconds)``, or ``(None, 'policy error: ...',
+    seconds)`` when ``policy.predict`` (or ``then(action)``, run inside the same timing and
+    handling) raises; any policy failure ends the episode, never the run."""
+    p0 = time.perf_counter()
+    try:
+        action = np.asarray(policy.predict(image, text, unnorm_key).action, dtype=float)
+        if then is not None:
+            then(action)
+    except Exception as exc:  # noqa: BLE001 - any policy failure ends this episode, not the run
+        return None, f'policy error: {type(exc).__name__}: {exc}', time.perf_counter() - p0
+    return action, None, time.perf_counter() - p0
 
 
 class EpisodeEnv:
@@ -154,14 +170,11 @@ def _run(policy, task, seed, max_steps, record, unnorm_key, env, paraphrase, ins
         image = env.render() if need_image else None
         if record:
             frames.append(image)
-        p0 = time.perf_counter()
-        try:
-            action = np.asarray(policy.predict(image, text, unnorm_key).action, dtype=float)
-        except Exception as exc:  # noqa: BLE001 - any policy failure ends this episode, not the run
-            reason = f'policy error: {type(exc).__name__}: {exc}'
+        action, error, seconds = timed_predict(policy, image, text, unnorm_key)
+        policy_s += seconds
+        if error is not None:
+            reason = error
             break
-        finally:
-            policy_s += time.perf_counter() - p0
         actions.append(action)
         result = env.apply(action, now)
         if not isinstance(result, Command):
@@ -184,4 +197,4 @@ def _run(policy, task, seed, max_steps, record, unnorm_key, env, paraphrase, ins
         wall_time_s=time.perf_counter() - wall0, policy_time_s=policy_s)
 
 
-__all__ = ['EpisodeResult', 'EpisodeEnv', 'run_episode', 'DEFAULT_IMAGE_SIZE']
+__all__ = ['EpisodeResult', 'EpisodeEnv', 'run_episode', 'timed_predict', 'DEFAULT_IMAGE_SIZE']
