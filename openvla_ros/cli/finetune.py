@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_argument(start, need=OPTIONAL)
     start.add_argument('--small', type=int, metavar='IMAGE_SIZE', default=None,
                        help='start from a fresh small OpenVLA-architecture model with this square '
-                            'image size (a multiple of 14), written to OUT/init')
+                            'image size (a multiple of --small-patch), written to OUT/init')
+    p.add_argument('--small-patch', type=int, default=None, metavar='PIXELS',
+                   help="ViT patch size of the fresh small model (--small; default upstream's 14)")
     p.add_argument('--dataset', type=Path, required=True, help='dataset directory (openvla-dataset build)')
     p.add_argument('--out', type=Path, required=True, help='output directory')
     p.add_argument('--mode', choices=MODES, default=d.mode,
@@ -102,7 +104,8 @@ def _run(args, world) -> int:
         checkpoint = args.out / 'init'
         if world.is_main and not (checkpoint / 'config.json').is_file():
             try:
-                make_small_checkpoint(checkpoint, image_size=args.small, seed=args.seed)
+                patch = {} if args.small_patch is None else {'patch_size': args.small_patch}
+                make_small_checkpoint(checkpoint, image_size=args.small, seed=args.seed, **patch)
             except ValueError as exc:
                 return fail(f'--small: {exc}', 2)
         world.barrier()

@@ -3,8 +3,9 @@
 The engine's tiny layout (:func:`openvla_ros.engine.config.tiny_config`: fused DINOv2 + SigLIP
 timm ViTs, the 3-layer projector, a Llama with the full 32064-token vocabulary and the real
 tokenizer) with ``image_sizes`` and ``preprocessor_config.json`` set to ``image_size`` so that the
-standard inference path resizes camera frames to it. Small images (e.g. 56 px = 4x4 patches of
-14) make training on a CPU feasible.
+standard inference path resizes camera frames to it, and the ViTs' ``patch_size`` (upstream's
+14 by default). Small images make training on a CPU feasible; smaller patches keep enough of them
+to localise small objects (56 px in patches of 7 = 8 x 8 patches, 64 image tokens).
 """
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ PLACEHOLDER_STATS = {'action': {'q01': [-1.0] * 6 + [0.0], 'q99': [1.0] * 7,
 
 
 def make_small_checkpoint(out_dir: str | Path, image_size: int = 56, seed: int = 0,
-                          **sizes) -> Path:
-    if image_size % PATCH_SIZE:
-        raise ValueError(f'image_size must be a multiple of the patch size {PATCH_SIZE}, '
+                          patch_size: int = PATCH_SIZE, **sizes) -> Path:
+    if patch_size < 1 or image_size % patch_size:
+        raise ValueError(f'image_size must be a multiple of the patch size {patch_size}, '
                          f'got {image_size}')
     out = Path(out_dir)
     config = tiny_config(**sizes)
+    for kwargs in config['timm_model_kwargs']:
+        kwargs['patch_size'] = patch_size
     config['image_sizes'] = [image_size, image_size]
     config['norm_stats'] = {'untrained': json.loads(json.dumps(PLACEHOLDER_STATS))}
     write_random_checkpoint(out, config, seed=seed)
