@@ -36,6 +36,11 @@ ESTOP_TOPIC = '/arm_controller/estop'                              # std_msgs/Bo
 # ---- sim_node ----
 CLOCK_TOPIC = '/clock'                                             # rosgraph_msgs/Clock
 
+# ---- episodes (openvla-collect --graph, teleop recordings, openvla-dataset build) ----
+# std_msgs/String markers: "start" when an episode begins; "end success" or "end failure REASON"
+# (plain "end": outcome not known) when it ends
+EPISODE_TOPIC = '/openvla/episode'
+
 # ---- openvla-bag ----
 BAG_PLAYER_NODE = 'openvla_bag_player'      # services ~/toggle_pause, ~/play_next (std_srvs/Trigger)
 BAG_RECORDER_NODE = 'openvla_bag_recorder'

@@ -7,8 +7,9 @@ it. Each topic's message definition goes into the bag so any tool can decode it.
 
 Topics are subscribed as soon as they appear in the graph, with a QoS compatible with their
 publishers (latched topics such as /openvla/status are recorded with their last message). The
-default topics are everything ``openvla-bag eval`` reads (camera, instruction, actions) plus the
-status and controller topics.
+default topics are everything ``openvla-bag eval`` reads (camera, instruction, actions) and
+everything ``openvla-dataset build`` needs (also /joint_states and the episode markers on
+/openvla/episode), plus the status and controller topics (the controller's target pose).
 
 Log times come from the node clock: the wall clock, or ``/clock`` with ``--use-sim-time``, which
 is chosen by itself when the graph has a ``/clock`` publisher at the start (the simulator, a
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +35,8 @@ DEFAULT_RECORD_TOPICS = (
     defaults.CAMERA_TOPIC,
     defaults.INSTRUCTION_TOPIC,
     defaults.ACTION_TOPIC,
+    defaults.JOINT_STATES_TOPIC,
+    defaults.EPISODE_TOPIC,
     defaults.VLA_STATUS_TOPIC,
     defaults.DIAGNOSTICS_TOPIC,
     defaults.CONTROLLER_STATUS_TOPIC,
@@ -85,18 +89,27 @@ def downscale_image(msg, scale: float):
 
 
 class Recorder:
+    """Subscribes to the wanted topics as they appear and writes what arrives into ``writer``.
+
+    :meth:`start_bag` / :meth:`stop_bag` move the recording to another bag without dropping the
+    subscriptions (``openvla-collect --graph`` writes one bag per episode this way); between two
+    bags, what arrives is not written. Callbacks may run on another thread than the caller."""
+
     def __init__(self, node, writer, topics: list[str], camera_scale: float, sim_time: bool = False):
         self.node, self.writer = node, writer
         self.sim_time = sim_time
-        self._held: list[tuple[str, object, bytes]] = []   # received before the first /clock
+        self._held: list[tuple[str, bytes]] = []   # received before the first /clock
         self.dropped_before_clock = 0
         self.not_downscaled = 0
         self.wanted = topics
         self.camera_scale = camera_scale
         self.store = project_typestore()
-        self.connections: dict[str, object] = {}
+        self.connections: dict[str, object] = {}         # topic -> connection of the current bag
+        self.subscribed: dict[str, tuple[str, object]] = {}   # topic -> (msgtype, rosbags QoS)
+        self.subscriptions: dict[str, object] = {}
         self.counts: dict[str, int] = {t: 0 for t in topics}
-        self._subscriptions = []
+        self.on_write = None      # optional callable(topic, raw) after each message written
+        self._lock = threading.RLock()
         self._warned: set[str] = set()
 
     def discover(self) -> None:
@@ -105,7 +118,7 @@ class Recorder:
 
         types = dict(self.node.get_topic_names_and_types())
         for topic in self.wanted:
-            if topic in self.connections or topic not in types:
+            if topic in self.subscribed or topic not in types:
                 continue
             msgtype = types[topic][0]
             try:
@@ -118,19 +131,42 @@ class Recorder:
                     print(f'openvla-bag record: skipping {topic} ({msgtype}): {exc}', file=sys.stderr)
                 continue
             qos = recording_qos(i.qos_profile for i in self.node.get_publishers_info_by_topic(topic))
-            conn = self.writer.add_connection(topic, msgtype, typestore=self.store,
-                                              offered_qos_profiles=[to_rosbags_qos(qos)])
-            self.connections[topic] = conn
+            with self._lock:
+                self.subscribed[topic] = (msgtype, to_rosbags_qos(qos))
+                if self.writer is not None:
+                    self.connections[topic] = self._add_connection(topic)
             if topic == defaults.CAMERA_TOPIC and msgtype == IMAGE_TYPE and self.camera_scale != 1.0:
-                def on_image(raw, topic=topic, conn=conn, cls=cls):
-                    self._write(topic, conn, self._downscaled(topic, raw, cls))
+                def on_image(raw, topic=topic, cls=cls):
+                    self._write(topic, self._downscaled(topic, raw, cls))
                 sub = self.node.create_subscription(cls, topic, on_image, qos, raw=True)
             else:
-                def on_raw(raw, topic=topic, conn=conn):
-                    self._write(topic, conn, raw)
+                def on_raw(raw, topic=topic):
+                    self._write(topic, raw)
                 sub = self.node.create_subscription(cls, topic, on_raw, qos, raw=True)
-            self._subscriptions.append(sub)
+            self.subscriptions[topic] = sub
             self.node.get_logger().info(f'recording {topic} ({msgtype})')
+
+    def matched(self, topics) -> bool:
+        """Every one of ``topics`` is subscribed and its subscription matched to a publisher."""
+        return all(t in self.subscriptions and self.subscriptions[t].get_publisher_count() > 0 for t in topics)
+
+    def _add_connection(self, topic: str):
+        msgtype, qos = self.subscribed[topic]
+        return self.writer.add_connection(topic, msgtype, typestore=self.store, offered_qos_profiles=[qos])
+
+    def start_bag(self, writer) -> None:
+        """Write from now on into ``writer`` (every topic subscribed so far gets its connection)."""
+        with self._lock:
+            self.writer = writer
+            self._held.clear()
+            self.connections = {t: self._add_connection(t) for t in self.subscribed}
+            self.counts = {t: 0 for t in self.wanted}
+
+    def stop_bag(self):
+        """Stop writing; returns the writer (to close)."""
+        with self._lock:
+            writer, self.writer, self.connections = self.writer, None, {}
+            return writer
 
     def _downscaled(self, topic: str, raw: bytes, cls) -> bytes:
         """The camera message shrunk by ``camera_scale``; one that cannot be decoded is kept as
@@ -148,21 +184,26 @@ class Recorder:
                       file=sys.stderr)
             return raw
 
-    def _write(self, topic: str, conn, raw: bytes) -> None:
-        # receive time on the node clock (wall, or /clock under sim time): the bag's timeline
-        now = self.node.get_clock().now().nanoseconds
-        if self.sim_time and now == 0:
-            if len(self._held) < MAX_HELD_BEFORE_CLOCK:
-                self._held.append((topic, conn, bytes(raw)))
-            else:
-                self.dropped_before_clock += 1
-            return
-        for held_topic, held_conn, held_raw in self._held:
-            self.writer.write(held_conn, now, held_raw)
-            self.counts[held_topic] += 1
-        self._held.clear()
-        self.writer.write(conn, now, raw)
-        self.counts[topic] += 1
+    def _write(self, topic: str, raw: bytes) -> None:
+        with self._lock:
+            if topic not in self.connections:
+                return          # between two bags
+            # receive time on the node clock (wall, or /clock under sim time): the bag's timeline
+            now = self.node.get_clock().now().nanoseconds
+            if self.sim_time and now == 0:
+                if len(self._held) < MAX_HELD_BEFORE_CLOCK:
+                    self._held.append((topic, bytes(raw)))
+                else:
+                    self.dropped_before_clock += 1
+                return
+            for held_topic, held_raw in self._held:
+                self.writer.write(self.connections[held_topic], now, held_raw)
+                self.counts[held_topic] += 1
+            self._held.clear()
+            self.writer.write(self.connections[topic], now, raw)
+            self.counts[topic] += 1
+            if self.on_write is not None:
+                self.on_write(topic, raw)
 
 
 def _graph_has_clock(node, executor, topics: list[str], wait_s: float) -> bool:
@@ -229,7 +270,7 @@ def _record(opts: RecordOptions, topics: list[str], out: BagOutput) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
         writer.close()
-    never = [t for t in topics if t not in recorder.connections]
+    never = [t for t in topics if t not in recorder.subscribed]
     summary = ', '.join(f'{t}: {n}' for t, n in recorder.counts.items())
     print(f'openvla-bag record: wrote {out.target} ({summary})', file=sys.stderr)
     if never:
@@ -243,3 +284,113 @@ def _record(opts: RecordOptions, topics: list[str], out: BagOutput) -> int:
               'ever did, so they have no log time and are not in the bag', file=sys.stderr)
         return 1
     return 0
+
+
+class BagSeries:
+    """The recorder of ``openvla-bag record`` in this process, on an rclpy node and context of its
+    own (``domain_id``), writing one bag after another: :meth:`begin` a bag, :meth:`end` it.
+
+    Log times are the wall clock (the header stamps carry the graph's time). The subscriptions
+    stay from one bag to the next, so nothing published after :meth:`begin` is lost to DDS
+    matching; :meth:`wait_matched` waits until the topics an episode needs are matched. Other
+    code may create publishers on :attr:`node` (episode markers, the instruction): the recorder
+    records them as any other topic."""
+
+    def __init__(self, topics: list[str] | None = None, *, domain_id: int | None = None,
+                 camera_scale: float = 1.0, node_name: str = defaults.BAG_RECORDER_NODE):
+        self.topics = list(topics) if topics else list(DEFAULT_RECORD_TOPICS)
+        self.domain_id, self.camera_scale, self.node_name = domain_id, camera_scale, node_name
+        self.node = self.recorder = None
+        self._ctx = self._executor = self._thread = None
+        self._out: BagOutput | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> 'BagSeries':
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._ctx = Context()
+        kwargs = {} if self.domain_id is None else {'domain_id': int(self.domain_id)}
+        rclpy.init(context=self._ctx, **kwargs)
+        self.node = rclpy.create_node(self.node_name, context=self._ctx)
+        self._executor = SingleThreadedExecutor(context=self._ctx)
+        self._executor.add_node(self.node)
+        self.recorder = Recorder(self.node, None, self.topics, self.camera_scale, sim_time=False)
+        self._thread = threading.Thread(target=self._spin, name='bag_series_spin', daemon=True)
+        self._thread.start()
+        return self
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        next_discovery = 0.0
+        try:
+            while self._ctx.ok() and not self._stop.is_set():
+                now = time.monotonic()
+                if now >= next_discovery:
+                    self.recorder.discover()
+                    next_discovery = now + DISCOVERY_PERIOD_S
+                self._executor.spin_once(timeout_sec=0.05)
+        except (ExternalShutdownException, RuntimeError):
+            pass
+
+    def wait_matched(self, topics, timeout_s: float) -> None:
+        """Wait until every one of ``topics`` is subscribed and matched to a publisher."""
+        deadline = time.monotonic() + timeout_s
+        while not self.recorder.matched(topics):
+            if time.monotonic() > deadline:
+                missing = [t for t in topics if not self.recorder.matched([t])]
+                raise BagError(f'recorder: no publisher matched for {", ".join(missing)} after {timeout_s:.0f} s')
+            time.sleep(0.05)
+
+    def begin(self, output, force: bool = False) -> None:
+        """Start writing the bag ``output`` (written beside it and moved there by :meth:`end`)."""
+        if self._out is not None:
+            raise BagError(f'recorder: {self._out.target} is still being written')
+        out = BagOutput(output, force, what='output bag')
+        try:
+            self.recorder.start_bag(open_writer(out.path, 'mcap'))
+        except BaseException:
+            out.discard()
+            raise
+        self._out = out
+
+    def end(self):
+        """Finish the current bag; returns (its path, {topic: messages written})."""
+        out, self._out = self._out, None
+        writer = self.recorder.stop_bag()
+        counts = dict(self.recorder.counts)
+        try:
+            writer.close()
+            path = out.commit()
+        except BaseException:
+            if not out.committed:
+                out.discard()
+            raise
+        return path, counts
+
+    def close(self) -> None:
+        import rclpy
+
+        if self._out is not None:
+            writer = self.recorder.stop_bag()
+            try:
+                writer.close()
+            finally:
+                out, self._out = self._out, None
+                out.discard()
+        self._stop.set()
+        if self._ctx is not None:
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+            if self.node is not None:
+                self.node.destroy_node()
+            rclpy.try_shutdown(context=self._ctx)
+            self._ctx = None
+
+    def __enter__(self) -> 'BagSeries':
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

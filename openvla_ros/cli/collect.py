@@ -1,14 +1,30 @@
-"""``openvla-collect``: demonstrations of the scripted expert, in process, as a training dataset.
+"""``openvla-collect``: demonstrations of the scripted expert as a training dataset.
 
   openvla-collect --task reach_red_block [--task ...] --episodes N [--seed S] --out DIR [--image-size 56]
+  openvla-collect --graph --task ... --episodes N --out DIR [--bags BAGS]
 
-Runs :func:`openvla_ros.learning.collect.collect_in_process`: each task for seeds S … S+N-1 in the
+By default (in process, the fast path for large collections) it runs
+:func:`openvla_ros.learning.collect.collect_in_process`: each task for seeds S … S+N-1 in the
 evaluation's lockstep workcell (the simulator and arm-controller cores, no ROS graph), labelled
 from the reached end-effector states, written in the dataset layout of
-:mod:`openvla_ros.learning.dataset`. Failed demonstrations are left out (and listed in
-``meta/info.json``) unless ``--include-failed``.
+:mod:`openvla_ros.learning.dataset`.
 
-Exit status: 0 written; 2 bad input (unknown task, output refused, no demonstration succeeded).
+``--graph`` runs :func:`openvla_ros.learning.collect.collect_through_graph` instead: arm_controller
+and sim_node (lockstep) as processes over loopback DDS, the expert publishing the same
+EndEffectorDelta messages into arm_controller a teleoperator would, and the recorder of
+``openvla-bag record`` writing one mcap bag per episode into ``BAGS`` (default ``OUT/bags``):
+the camera, /joint_states, the controller's target pose, /openvla/action, the instruction and the
+episode markers on /openvla/episode (``start``, then ``end success`` or ``end failure REASON``).
+The dataset is then built from those bags as ``openvla-dataset build BAGS/* --out OUT`` builds
+it (same labels, idle filter and statistics), so a real teleoperation session recorded with
+``openvla-bag record`` gives the same dataset shape.
+
+Either way, failed demonstrations are left out (and listed in ``meta/info.json``) unless
+``--include-failed``. A non-empty ``--out`` (or ``--bags``) is refused; ``--force`` replaces only
+what an earlier openvla-collect wrote there, never other files.
+
+Exit status: 0 written; 1 the ROS graph or the recording failed; 2 bad input (unknown task,
+output refused, no demonstration succeeded).
 """
 from __future__ import annotations
 
@@ -18,7 +34,7 @@ import shutil
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 class CollectError(Exception):
@@ -35,15 +51,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--seed', type=int, default=0, help='first seed (default 0)')
     parser.add_argument('--out', required=True, help='dataset directory to create')
     parser.add_argument('--image-size', type=int, default=56, help='camera frames of N x N pixels (default 56)')
+    parser.add_argument('--max-steps', type=int, help="end each episode after N steps (default: the task's)")
     parser.add_argument('--include-failed', action='store_true', help='keep demonstrations that did not succeed')
     parser.add_argument('--force', action='store_true',
                         help='replace a dataset an earlier openvla-collect wrote in --out (never other files)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar on stderr')
+    parser.add_argument('--graph', action='store_true',
+                        help='run the expert through the ROS graph (arm_controller, sim_node), one bag per episode, '
+                        'and build the dataset from the bags (default: in process, no ROS graph)')
+    parser.add_argument('--bags', metavar='DIR', help='with --graph: where the episode bags go (default OUT/bags)')
+    parser.add_argument('--graph-logs', metavar='DIR', help='with --graph: keep the node logs in DIR')
     return parser
 
 
+def _prepare_bags(bags: Path, force: bool, inside_out: bool) -> None:
+    """A bags folder is used when absent or empty; with ``force`` one that holds only the bags an
+    earlier openvla-collect listed in its manifest (those are removed), never other files."""
+    from openvla_ros.learning.collect import BAGS_MANIFEST, read_bags_manifest
+
+    where = '--out' if inside_out else '--bags'
+    if bags.is_symlink() or (bags.exists() and not bags.is_dir()):
+        raise CollectError(f'{where} {bags} exists and is not a directory; refusing to touch it')
+    if not bags.exists() or not any(bags.iterdir()):
+        return
+    if not force:
+        raise CollectError(f'{where} {bags} exists and is not empty; pass --force to replace the bags '
+                           'openvla-collect wrote there')
+    listed = read_bags_manifest(bags)
+    if listed is None:
+        raise CollectError(f'{bags} was not written by openvla-collect (no {BAGS_MANIFEST}); refusing to replace it '
+                           'even with --force: choose another ' + where)
+    names = set(listed) | {BAGS_MANIFEST}
+    others = [p.name for p in bags.iterdir() if p.name not in names and
+              not (p.name.startswith('.') and '.partial-' in p.name and p.name[1:].split('.partial-')[0] in names)]
+    if others:
+        raise CollectError(f'{bags} holds files openvla-collect did not write ({", ".join(sorted(others)[:5])}); '
+                           'refusing to replace it even with --force')
+    for p in bags.iterdir():
+        if p.name != BAGS_MANIFEST:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    (bags / BAGS_MANIFEST).unlink()
+    bags.rmdir()
+
+
 def _prepare_out(out: Path, force: bool) -> None:
+    from openvla_ros.learning.collect import BAGS_DIR
     from openvla_ros.learning.dataset import EPISODES_DIR, INFO_FILE, STATISTICS_FILE
+    from openvla_ros.learning.from_bags import BUILD_FILE
 
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise CollectError(f'--out {out} exists and is not a directory; refusing to touch it')
@@ -57,13 +111,19 @@ def _prepare_out(out: Path, force: bool) -> None:
         ours = 'failed_demonstrations' in json.loads(info.read_text())
     except (OSError, ValueError):
         ours = False
-    others = [p.name for p in out.iterdir() if p.name not in (EPISODES_DIR, INFO_FILE.parts[0], STATISTICS_FILE)]
+    others = [p.name for p in out.iterdir()
+              if p.name not in (EPISODES_DIR, INFO_FILE.parts[0], STATISTICS_FILE, BAGS_DIR)]
+    meta = out / INFO_FILE.parts[0]
+    if meta.is_dir():
+        others += [f'{meta.name}/{p.name}' for p in meta.iterdir() if p.name not in (INFO_FILE.name, BUILD_FILE.name)]
     if not ours or others:
         raise CollectError(f'--out {out} is not a dataset written by openvla-collect'
                            + (f' (it holds {", ".join(sorted(others)[:5])})' if others else '')
                            + '; refusing to replace it even with --force: choose another --out')
+    if (out / BAGS_DIR).exists():
+        _prepare_bags(out / BAGS_DIR, force, inside_out=True)
     shutil.rmtree(out / EPISODES_DIR, ignore_errors=True)
-    for rel in (Path(STATISTICS_FILE), INFO_FILE):
+    for rel in (Path(STATISTICS_FILE), BUILD_FILE, INFO_FILE):
         (out / rel).unlink(missing_ok=True)
 
 
@@ -81,15 +141,33 @@ def main(argv: list[str] | None = None) -> int:
             raise CollectError(f'--episodes must be >= 1, got {args.episodes}')
         if args.seed < 0:
             raise CollectError(f'--seed must be >= 0, got {args.seed}')
+        if args.max_steps is not None and args.max_steps < 1:
+            raise CollectError(f'--max-steps must be >= 1, got {args.max_steps}')
         if args.image_size < 1:
             raise CollectError(f'--image-size must be >= 1, got {args.image_size}')
+        if not args.graph and (args.bags or args.graph_logs):
+            raise CollectError('--bags and --graph-logs go with --graph')
         out = Path(args.out)
-        _prepare_out(out, args.force)
-        from openvla_ros.learning.collect import collect_in_process
+        bags = Path(args.bags) if args.bags else None
+        if bags is not None:
+            from openvla_ros.bag.storage import BagError, check_not_input
 
+            try:
+                check_not_input(bags, [out], '--bags')
+            except BagError as exc:
+                raise CollectError(str(exc)) from None
+            _prepare_bags(bags, args.force, inside_out=False)
+        _prepare_out(out, args.force)
         seeds = list(range(args.seed, args.seed + args.episodes))
-        info = collect_in_process(tasks, seeds, out, image_size=args.image_size, progress=not args.no_progress,
-                                  only_successful=not args.include_failed)
+        if args.graph:
+            info = _collect_graph(args, tasks, seeds, out, bags)
+            if info is None:
+                return EXIT_FAILED
+        else:
+            from openvla_ros.learning.collect import collect_in_process
+
+            info = collect_in_process(tasks, seeds, out, image_size=args.image_size, progress=not args.no_progress,
+                                      only_successful=not args.include_failed, max_steps=args.max_steps)
     except (CollectError, DatasetError) as exc:
         print(f'openvla-collect: error: {exc}', file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -99,6 +177,26 @@ def main(argv: list[str] | None = None) -> int:
     for task, seed, why in failed:
         print(f'openvla-collect: note: {task} seed {seed} left out: {why}', file=sys.stderr)
     return EXIT_OK
+
+
+def _collect_graph(args, tasks, seeds, out: Path, bags: Path | None) -> dict | None:
+    """collect_through_graph with this CLI's arguments; None (the error printed) when the graph or
+    the recording failed."""
+    from openvla_ros.bag.storage import BagError
+    from openvla_ros.cli import bringup as bringup_cli
+    from openvla_ros.evaluation.graph import GraphError
+    from openvla_ros.learning.collect import collect_through_graph
+
+    try:
+        return collect_through_graph(
+            tasks, seeds, out, executable_command=bringup_cli.executable_command,
+            stop_processes=bringup_cli.stop_processes, bags_dir=bags, image_size=args.image_size,
+            progress=not args.no_progress, only_successful=not args.include_failed, graph_log_dir=args.graph_logs,
+            max_steps=args.max_steps,
+            log=lambda line: print(f'openvla-collect: {line}', file=sys.stderr))
+    except (GraphError, BagError, RuntimeError) as exc:
+        print(f'openvla-collect: error: {type(exc).__name__}: {exc}', file=sys.stderr)
+        return None
 
 
 if __name__ == '__main__':

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument('--embodiment', default=defaults.DEFAULT_EMBODIMENT,
                    help='embodiment (control period, arm joints, kinematics) the bags were recorded with')
     b.add_argument('--dataset-key', default=DEFAULT_DATASET_KEY, help='key in dataset_statistics.json')
+    b.add_argument('--include-failed', action='store_true',
+                   help=f'keep episodes whose end marker on {defaults.EPISODE_TOPIC} says failure')
     b.add_argument('--max-gap-periods', type=float, default=DEFAULT_MAX_GAP_PERIODS,
                    help='a gap of more control periods between two stamps of a topic is a clock jump')
     i = sub.add_parser('info', help='episodes, steps, instructions, action histograms and statistics')
@@ -75,7 +77,7 @@ def info_text(directory, bins: int = 10) -> str:
         how = (f' (idle: < {f["translation_m"]:g} m and < {f["rotation_rad"]:g} rad with the gripper unchanged, '
                f'runs longer than {f["keep_steps"]} steps dropped)') if f else ''
         lines.append(f'  idle steps dropped: {info["idle_steps_dropped"]}{how}')
-    for key in ('failed_bags', 'failed_demonstrations'):
+    for key in ('failed_bags', 'failed_demonstrations', 'left_out_episodes'):
         failed = info.get(key)
         if failed:
             items = failed.items() if isinstance(failed, dict) else ((str(x[:2]), x[-1]) for x in failed)
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         result = build(BuildOptions(
             bags=args.bags, out=args.out, force=args.force, resume=args.resume, instruction=args.instruction,
             image_topic=args.image_topic, image_size=args.image_size, embodiment=args.embodiment,
-            dataset_key=args.dataset_key, max_gap_periods=args.max_gap_periods),
+            dataset_key=args.dataset_key, max_gap_periods=args.max_gap_periods,
+            include_failed=args.include_failed),
             log=lambda line: print(f'{prog}: {line}', file=sys.stderr))
     except DatasetError as exc:
         print(f'{prog}: error: {exc}', file=sys.stderr)

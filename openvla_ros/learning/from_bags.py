@@ -13,7 +13,11 @@ one episode, or several when it carries episode markers. What it must hold:
   ``std_msgs/Float64MultiArray``): their timing defines the steps and their gripper entry is the
   gripper label (a closed gripper stopped by an object never *reaches* 0);
 - the instruction: ``std_msgs/String`` on /openvla/instruction (or ``--instruction``);
-- optionally episode markers: ``std_msgs/String`` ``start`` / ``end`` on /openvla/episode.
+- optionally episode markers: ``std_msgs/String`` on /openvla/episode (:data:`defaults.EPISODE_TOPIC`):
+  ``start``, then ``end success`` or ``end failure REASON`` (or a plain ``end``: outcome unknown).
+  An episode marked as a failure is left out (named in ``meta/info.json``) unless
+  ``include_failed`` (``--include-failed``), as ``openvla-collect`` leaves out failed
+  demonstrations; every episode's outcome is listed in ``meta/info.json``.
 
 Resampling: step k is at ``t0 + k * control_period_s`` (the embodiment's control period), t0 the
 header stamp of the first action with a joint state and a frame at or before it (a recording started
@@ -56,8 +60,9 @@ JOINT_STATE_TYPE = 'sensor_msgs/msg/JointState'
 STRING_TYPE = 'std_msgs/msg/String'
 ARRAY_TYPE = 'std_msgs/msg/Float64MultiArray'
 ACTION_TYPES = (ENDEFFECTOR_DELTA_TYPE, ARRAY_TYPE)
-# Optional episode markers (std_msgs/String "start" / "end"); a bag without them is one episode.
-EPISODE_TOPIC = '/openvla/episode'
+# Optional episode markers (std_msgs/String, see defaults.EPISODE_TOPIC); a bag without them is one episode.
+EPISODE_TOPIC = defaults.EPISODE_TOPIC
+SUCCESS, FAILURE = 'success', 'failure'
 BUILD_FILE = Path('meta') / 'build.json'
 BUILD_FORMAT = 'openvla_ros-bags-build-v1'
 DEFAULT_MAX_GAP_PERIODS = 5.0
@@ -79,6 +84,8 @@ class Recording:
     actions: Stream                   # values: action vectors
     images: Stream | None             # values: RGB uint8 (None when not read)
     instruction: str | None
+    outcome: str | None = None        # SUCCESS / FAILURE from the end marker; None: not marked
+    outcome_reason: str = ''          # what the failure marker says after "failure"
 
 
 @dataclass
@@ -172,21 +179,22 @@ def read_bag(path: str | Path, *, images: bool = True, image_topic: str | None =
             raise DatasetError(f'{src.path}: {src.read_error}')
     windows = _episode_windows(rows.get(EPISODE_TOPIC, []))
     out = []
-    for i, (lo, hi) in enumerate(windows):
+    for i, window in enumerate(windows):
+        lo, hi = window.lo, window.hi
         source = str(path) if len(windows) == 1 and not markers else f'{path} episode {i}'
 
-        def stream(topic, lo=lo, hi=hi):
-            sel = [r for r in rows.get(topic, []) if lo <= r[0] < hi]
+        def stream(topic, window=window):
+            sel = [r for r in rows.get(topic, []) if window.holds(r[0])]
             return Stream(topic, _stamps(sel), [r[2] for r in sel])
 
         texts = [r for r in rows[defaults.INSTRUCTION_TOPIC] if r[0] < hi]
         acts = stream(defaults.ACTION_TOPIC)
-        first_action_log = min((r[0] for r in rows[defaults.ACTION_TOPIC] if lo <= r[0] < hi), default=hi)
+        first_action_log = min((r[0] for r in rows[defaults.ACTION_TOPIC] if window.holds(r[0])), default=hi)
         before = [r for r in texts if r[0] <= first_action_log]
         text = instruction if instruction is not None else (
             before[-1][2] if before else texts[0][2] if texts else None)
         out.append(Recording(source, stream(defaults.JOINT_STATES_TOPIC), acts,
-                             stream(cam) if cam else None, text))
+                             stream(cam) if cam else None, text, window.outcome, window.reason))
     return out
 
 
@@ -197,22 +205,60 @@ def _stamps(rows) -> np.ndarray:
     return stamps
 
 
-def _episode_windows(markers) -> list[tuple[float, float]]:
-    """(from, to) log-time windows: each ``start`` opens one, ``end`` or the next ``start`` closes it."""
+def parse_marker(text: str) -> tuple[str, str | None, str]:
+    """(kind, outcome, reason) of an episode marker: ``start`` -> ('start', None, ''); ``end`` ->
+    ('end', None, ''); ``end success`` -> ('end', SUCCESS, ''); ``end failure REASON`` ->
+    ('end', FAILURE, REASON). Anything else: ('', None, '') (ignored)."""
+    words = text.strip().split(maxsplit=2)
+    kind = words[0].lower() if words else ''
+    if kind == 'start' and len(words) == 1:
+        return 'start', None, ''
+    if kind != 'end':
+        return '', None, ''
+    outcome = words[1].lower() if len(words) > 1 else None
+    if outcome not in (None, SUCCESS, FAILURE):
+        return '', None, ''
+    return 'end', outcome, words[2].strip() if outcome == FAILURE and len(words) > 2 else ''
+
+
+def end_marker(success: bool, reason: str = '') -> str:
+    """The ``end`` marker text for an episode's outcome (what :func:`parse_marker` reads)."""
+    if success:
+        return f'end {SUCCESS}'
+    reason = ' '.join(str(reason).split())
+    return f'end {FAILURE} {reason}' if reason else f'end {FAILURE}'
+
+
+@dataclass
+class Window:
+    """An episode's log-time window: from its ``start`` to its ``end`` (inclusive: a recording on
+    a paused sim clock logs the last state at the end marker's time) or to the next ``start``."""
+    lo: float
+    hi: float
+    closed_by_end: bool = False
+    outcome: str | None = None
+    reason: str = ''
+
+    def holds(self, log_ns) -> bool:
+        return self.lo <= log_ns < self.hi or (self.closed_by_end and log_ns == self.hi)
+
+
+def _episode_windows(markers) -> list[Window]:
+    """Log-time windows: each ``start`` opens one, ``end`` or the next ``start`` closes it."""
     if not markers:
-        return [(-np.inf, np.inf)]
+        return [Window(-np.inf, np.inf)]
     windows, start = [], None
     for log_ns, _, text in markers:
-        word = text.strip().lower()
-        if word == 'start':
+        kind, outcome, reason = parse_marker(text)
+        if kind == 'start':
             if start is not None:
-                windows.append((start, log_ns))
+                windows.append(Window(start, log_ns))
             start = log_ns
-        elif word == 'end' and start is not None:
-            windows.append((start, log_ns))
+        elif kind == 'end' and start is not None:
+            windows.append(Window(start, log_ns, True, outcome, reason))
             start = None
     if start is not None:
-        windows.append((start, np.inf))
+        windows.append(Window(start, np.inf))
     return windows
 
 
@@ -351,6 +397,11 @@ class BuildOptions:
     embodiment: str = defaults.DEFAULT_EMBODIMENT
     dataset_key: str = DEFAULT_DATASET_KEY
     max_gap_periods: float = DEFAULT_MAX_GAP_PERIODS
+    include_failed: bool = False          # keep episodes whose end marker says failure
+    extra_info: dict | None = None        # more entries for meta/info.json
+    # the bags lie inside --out (openvla-collect --graph keeps them in OUT/bags): allowed, since
+    # only the files meta/build.json lists are ever replaced
+    bags_inside_out: bool = False
 
 
 @dataclass
@@ -358,6 +409,7 @@ class BuildResult:
     out: Path
     converted: list[dict] = field(default_factory=list)     # this run's episodes
     skipped: list[str] = field(default_factory=list)        # bags already converted (--resume)
+    left_out: list[dict] = field(default_factory=list)      # this run's episodes marked as failures
     errors: list[str] = field(default_factory=list)         # one line per bag (or statistics) that failed
     info: dict | None = None
 
@@ -406,8 +458,12 @@ def _foreign_dataset_files(out: Path, ours: set[Path]) -> list[str]:
 def prepare_output(opts: BuildOptions) -> dict:
     """The manifest to continue from (empty for a fresh build); refuses an unsafe ``--out``."""
     out = Path(opts.out)
+    inputs = opts.bags
+    if opts.bags_inside_out:
+        real = Path(os.path.abspath(out)).resolve()
+        inputs = [b for b in opts.bags if real not in Path(b).resolve().parents]
     try:
-        check_not_input(out, opts.bags, '--out')
+        check_not_input(out, inputs, '--out')
     except BagError as exc:
         raise DatasetError(str(exc)) from None
     fresh = {'format': BUILD_FORMAT, 'episodes': [], 'converted': [], 'failed': {}, 'embodiment': opts.embodiment,
@@ -486,10 +542,14 @@ def build(opts: BuildOptions, log=print) -> BuildResult:
             continue
         try:
             recordings = read_bag(bag, images=True, image_topic=opts.image_topic, instruction=opts.instruction)
-            episodes = []
+            episodes, left_out = [], []
             for rec in recordings:
+                if rec.outcome == FAILURE and not opts.include_failed:
+                    left_out.append({'bag': key, 'source': rec.source, 'outcome': FAILURE,
+                                     'reason': rec.outcome_reason or 'marked as a failure'})
+                    continue
                 r = resample(rec, embodiment, kinematics, opts.max_gap_periods)
-                episodes.append((r, *episode_from_resampled(r, opts.image_size)))
+                episodes.append((r, rec.outcome, *episode_from_resampled(r, opts.image_size)))
         except DatasetError as exc:
             manifest['failed'][key] = str(exc)
             _write_manifest(out, manifest)
@@ -499,10 +559,15 @@ def build(opts: BuildOptions, log=print) -> BuildResult:
         # every episode of the bag is checked before the first is written: a bag is converted whole.
         # Each episode is listed before its file is written, so an interrupted build leaves no file
         # the manifest does not know; the bag counts as converted once all its episodes are there.
-        for r, episode, dropped in episodes:
+        manifest['left_out'] = [e for e in manifest.get('left_out', []) if e['bag'] != key] + left_out
+        for e in left_out:
+            result.left_out.append(e)
+            log(f'{e["source"]}: left out, marked as a failure ({e["reason"]})')
+        for r, outcome, episode, dropped in episodes:
             entry = {'file': f'episode_{index:06d}.npz', 'bag': key, 'source': r.source,
                      'steps': int(len(episode.actions)), 'resampled_steps': r.steps,
-                     'idle_steps_dropped': int(dropped), 'instruction': episode.instruction}
+                     'idle_steps_dropped': int(dropped), 'instruction': episode.instruction,
+                     'outcome': outcome}
             manifest['episodes'].append(entry)
             _write_manifest(out, manifest)
             path = write_episode(out, index, episode)
@@ -515,14 +580,21 @@ def build(opts: BuildOptions, log=print) -> BuildResult:
         done.add(key)
         _write_manifest(out, manifest)
     if not manifest['episodes']:
-        result.errors.append(f'{out}: no episode could be converted')
+        n = len(manifest.get('left_out', []))
+        result.errors.append(f'{out}: no episode could be converted'
+                             + (f' ({n} marked as failures left out; --include-failed keeps them)' if n else ''))
         return result
     idle = sum(e['idle_steps_dropped'] for e in manifest['episodes'])
     extra = {'source': 'bags', 'embodiment': opts.embodiment, 'control_period_s': embodiment.control_period_s,
              'idle_steps_dropped': idle,
              'idle_filter': {'translation_m': DEFAULT_IDLE_TRANSLATION_M, 'rotation_rad': DEFAULT_IDLE_ROTATION_RAD,
                              'keep_steps': DEFAULT_IDLE_KEEP_STEPS},
-             'bags': sorted({e['bag'] for e in manifest['episodes']}), 'failed_bags': manifest['failed']}
+             'bags': sorted({e['bag'] for e in manifest['episodes']}), 'failed_bags': manifest['failed'],
+             'include_failed': opts.include_failed,
+             # per episode file, in order: "success", "failure" or null (no end marker says)
+             'outcomes': [e.get('outcome') for e in sorted(manifest['episodes'], key=lambda e: e['file'])],
+             'left_out_episodes': {e['source']: e['reason'] for e in manifest.get('left_out', [])},
+             **(opts.extra_info or {})}
     try:
         result.info = finish_dataset(out, key=opts.dataset_key, extra_info=extra)
     except DatasetError as exc:
