@@ -1,9 +1,12 @@
 """vla_node with ``use_compressed:=true``: sensor_msgs/CompressedImage on <camera>/compressed.
 
 A separate module (and node process) from test_vla_node.py, which shares node and topic names;
-the harness and helpers come from there.
+the harness and helpers come from there. test_vla_node_hostile_frames.py runs its own compressed
+vla_node with the helpers here.
 """
 from __future__ import annotations
+
+import contextlib
 
 import cv2
 import numpy as np
@@ -28,19 +31,28 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def _publish_compressed(h: Harness, pub, data: bytes, fmt: str = 'png') -> int:
+    """Publish ``data`` as a CompressedImage stamped now; returns the stamp (ns)."""
     stamp_ns = h.now_ns()
     pub.publish(CompressedImage(header=Header(stamp=_stamp(stamp_ns), frame_id='camera'), format=fmt, data=data))
     return stamp_ns
 
 
-@pytest.fixture(scope='module')
-def compressed_node(tmp_path_factory, tiny_checkpoint):
-    with running_vla_node(tmp_path_factory, 'vla_node_compressed', f'model_path:={tiny_checkpoint}',
+@contextlib.contextmanager
+def running_compressed_vla_node(tmp_path_factory, name: str, checkpoint):
+    """A vla_node process ``name`` on ``checkpoint`` that reads only CompressedImage frames;
+    yields ``(harness, the compressed camera publisher)``."""
+    with running_vla_node(tmp_path_factory, name, f'model_path:={checkpoint}',
                           'use_compressed:=true', 'self_test:=false', 'max_image_age_s:=2.0',
                           camera_publisher=lambda h: h.node.create_publisher(
                               CompressedImage, defaults.COMPRESSED_CAMERA_TOPIC, QoSProfile(depth=10))
                           ) as (harness, _, pub):
         yield harness, pub
+
+
+@pytest.fixture(scope='module')
+def compressed_node(tmp_path_factory, tiny_checkpoint):
+    with running_compressed_vla_node(tmp_path_factory, 'vla_node_compressed', tiny_checkpoint) as node:
+        yield node
 
 
 def test_png_frames_give_the_engine_action_with_their_stamp(compressed_node, local_policy):  # noqa: F811

@@ -8,13 +8,10 @@ import io
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from rclpy.qos import QoSProfile
-from sensor_msgs.msg import CompressedImage
-from std_msgs.msg import Header
 
-from openvla_ros import defaults
 from test_image_decoding import _black_png, _with_jpeg_size
-from test_vla_node import WAIT_S, _ns, _scenes, _stamp, running_vla_node
+from test_vla_node import WAIT_S, _ns, _scenes
+from test_vla_node_compressed import _publish_compressed, running_compressed_vla_node
 
 pytestmark = [pytest.mark.ros,
               pytest.mark.filterwarnings('ignore::PIL.Image.DecompressionBombWarning')]
@@ -29,11 +26,7 @@ def _jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
 
 @pytest.fixture(scope='module')
 def node(tmp_path_factory, tiny_checkpoint):
-    with running_vla_node(tmp_path_factory, 'vla_node_hostile', f'model_path:={tiny_checkpoint}',
-                          'use_compressed:=true', 'self_test:=false', 'max_image_age_s:=2.0',
-                          camera_publisher=lambda h: h.node.create_publisher(
-                              CompressedImage, defaults.COMPRESSED_CAMERA_TOPIC, QoSProfile(depth=10))
-                          ) as (harness, _, pub):
+    with running_compressed_vla_node(tmp_path_factory, 'vla_node_hostile', tiny_checkpoint) as (harness, pub):
         # instructed once: a re-sent instruction arriving after a hostile frame would replace the
         # status message that reports the refusal
         harness.instruct(INSTRUCTION)
@@ -56,17 +49,10 @@ def _hostile(case: str) -> bytes:
 def test_hostile_frame_is_refused_and_the_node_carries_on(node, case):
     h, pub = node
     before = h.wait_status(lambda s: True).frames_rejected
-
-    def publish(data: bytes, fmt: str) -> int:
-        stamp_ns = h.now_ns()
-        pub.publish(CompressedImage(header=Header(stamp=_stamp(stamp_ns), frame_id='camera'),
-                                    format=fmt, data=data))
-        return stamp_ns
-
-    bad = publish(_hostile(case), 'png' if 'png' in case else 'jpeg')
+    bad = _publish_compressed(h, pub, _hostile(case), 'png' if 'png' in case else 'jpeg')
     status = h.wait_status(lambda s: s.frames_rejected == before + 1)
     assert 'refused before decoding' in status.message, status.message
-    good = publish(_jpeg(_scenes(1, 48, 64, seed=22)[0]), 'jpeg')
+    good = _publish_compressed(h, pub, _jpeg(_scenes(1, 48, 64, seed=22)[0]), 'jpeg')
     assert h.wait(lambda: any(_ns(m.header.stamp) == good for _, m in h.actions), WAIT_S), \
         h.latest_status()
     assert not any(_ns(m.header.stamp) == bad for _, m in h.actions)
