@@ -7,38 +7,24 @@ import time
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.srv import SetParameters
 from rclpy.lifecycle import TransitionCallbackReturn
-from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
 
 from openvla_ros import defaults
-from openvla_ros.control.embodiment import load_embodiment
-from openvla_ros.control.kinematics import ArmKinematics
 from openvla_ros.msg import ControllerStatus, EndEffectorDelta
-from test_arm_controller_node import Rig
+from test_arm_controller_node import Rig, running_rig
 
 pytestmark = pytest.mark.ros
-NODE = f'/{defaults.ARM_CONTROLLER_NODE}'
 QOS_COMBINATIONS = [(r, d) for r in (ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT)
                     for d in (DurabilityPolicy.VOLATILE, DurabilityPolicy.TRANSIENT_LOCAL)]
 
 
-@pytest.fixture(scope='module')
-def start_q():
-    e = load_embodiment('widowx_250s_bridge')
-    k = ArmKinematics(e)
-    return e, k, k.solve(e.start_pose, np.array([0, -0.96, 1.16, 0, -0.3, 0])).joint_positions
-
-
 @pytest.fixture
 def rig(ros_context):
-    r = Rig(ros_context, 'widowx_250s_bridge', start_enabled=True, watchdog_timeout_s=20.0, max_action_age_s=10.0)
-    r.start()
-    yield r
-    r.close()
+    with running_rig(ros_context, start_enabled=True, watchdog_timeout_s=20.0, max_action_age_s=10.0) as r:
+        yield r
 
 
 def _latch_with(rig, pub, active: bool):
@@ -58,8 +44,8 @@ def _only_holds(rig, q) -> bool:
     return all(np.allclose(t.points[0].positions[:6], q, atol=1e-9) for t in rig.trajectories)
 
 
-def test_estop_reaches_the_controller_from_every_publisher_qos(rig, start_q):
-    e, _, q = start_q
+def test_estop_reaches_the_controller_from_every_publisher_qos(rig, bridge, start_q):
+    e, q = bridge, start_q
     assert rig.connected()
     rig.publish_joints(e.arm_joints, q)
     for reliability, durability in QOS_COMBINATIONS:
@@ -80,8 +66,8 @@ def test_estop_reaches_the_controller_from_every_publisher_qos(rig, start_q):
     assert 'incompatible' not in rig.statuses[-1].last_event
 
 
-def test_estop_survives_a_lifecycle_cycle_and_enable(rig, start_q):
-    e, _, q = start_q
+def test_estop_survives_a_lifecycle_cycle_and_enable(rig, bridge, start_q):
+    e, q = bridge, start_q
     assert rig.connected()
     rig.publish_joints(e.arm_joints, q)
     pub = rig.client.create_publisher(Bool, defaults.ESTOP_TOPIC, 10)   # rclpy default: reliable + volatile
@@ -104,8 +90,8 @@ def test_estop_survives_a_lifecycle_cycle_and_enable(rig, start_q):
     assert rig.wait(lambda: not _only_holds(rig, q))
 
 
-def test_an_action_flood_moves_one_clip_per_control_period(rig, start_q):
-    e, kin, q = start_q
+def test_an_action_flood_moves_one_clip_per_control_period(rig, bridge, kin, start_q):
+    e, q = bridge, start_q
     assert rig.connected()
     rig.publish_joints(e.arm_joints, q)
     assert rig.wait(lambda: rig.statuses and rig.statuses[-1].state == ControllerStatus.STATE_HOLDING)
@@ -146,44 +132,30 @@ def test_incompatible_action_publisher_is_an_error_in_status_and_diagnostics(rig
 
 
 def test_parameters_are_applied_live_or_refused(rig):
-    set_cli = rig.client.create_client(SetParameters, f'{NODE}/set_parameters')
-
-    def set_param(name, value):
-        req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-        return rig.call(set_cli, req).results[0]
-
     for name, value in (('blocking', True), ('control_period_s', 0.05), ('start_enabled', False),
                         ('embodiment', 'generic_7dof_servo'), ('servo_rate_hz', 10.0)):
-        r = set_param(name, value)
+        r = rig.set_parameter(name, value)
         assert not r.successful and r.reason, name
-    r = set_param('workspace_high_m', [1e9, 1e9, 1e9])
+    r = rig.set_parameter('workspace_high_m', [1e9, 1e9, 1e9])
     assert not r.successful and 'hard limit' in r.reason
-    r = set_param('max_joint_speed_rad_s', 5.0)
+    r = rig.set_parameter('max_joint_speed_rad_s', 5.0)
     assert not r.successful
-    assert set_param('max_joint_speed_rad_s', 1.0).successful
-    assert set_param('max_joint_speed_rad_s', 1.5).successful      # back up to the file's value
+    assert rig.set_parameter('max_joint_speed_rad_s', 1.0).successful
+    assert rig.set_parameter('max_joint_speed_rad_s', 1.5).successful      # back up to the file's value
 
 
-def test_a_latch_file_keeps_the_estop_across_a_restart(ros_context, start_q, tmp_path):
+def test_a_latch_file_keeps_the_estop_across_a_restart(ros_context, tmp_path):
     latch = tmp_path / 'estop.latch'
-    first = Rig(ros_context, 'widowx_250s_bridge', start_enabled=True, estop_latch_file=str(latch))
-    try:
-        first.start()
+    with running_rig(ros_context, start_enabled=True, estop_latch_file=str(latch)) as first:
         pub = first.client.create_publisher(Bool, defaults.ESTOP_TOPIC, 10)
         assert first.wait(lambda: pub.get_subscription_count() > 0)
         assert _latch_with(first, pub, True)
         assert latch.exists()
-    finally:
-        first.close()
-    restarted = Rig(ros_context, 'widowx_250s_bridge', start_enabled=True, estop_latch_file=str(latch))
-    try:
-        restarted.start()
+    with running_rig(ros_context, start_enabled=True, estop_latch_file=str(latch)) as restarted:
         assert restarted.wait(lambda: restarted.statuses and restarted.statuses[-1].estop_latched)
         assert not restarted.call(restarted.enable_cli, SetBool.Request(data=True)).success
         assert restarted.wait(lambda: restarted.call(restarted.reset_estop_cli, Trigger.Request()).success)
         assert not latch.exists()
-    finally:
-        restarted.close()
 
 
 def test_launch_parameters_beyond_the_hard_limits_fail_configure(ros_context):
@@ -195,10 +167,10 @@ def test_launch_parameters_beyond_the_hard_limits_fail_configure(ros_context):
         rig.close()
 
 
-def test_random_lifecycle_enable_estop_sequences_never_move_after_an_estop(rig, start_q):
+def test_random_lifecycle_enable_estop_sequences_never_move_after_an_estop(rig, bridge, start_q):
     """A seeded random walk over lifecycle transitions, enable, e-stops under every QoS and
     resets: after an e-stop, no trajectory leaves the measured joints until reset_estop."""
-    e, _, q = start_q
+    e, q = bridge, start_q
     rng = np.random.default_rng(16)
     assert rig.connected()
     rig.publish_joints(e.arm_joints, q)

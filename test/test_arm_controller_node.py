@@ -2,24 +2,25 @@
 the test talks to it over DDS (loopback) through topics and services."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
 import numpy as np
 import pytest
-import rclpy
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.srv import GetParameters, SetParameters
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import spin_until
+from conftest import close_probe, make_probe, spin_until
 from openvla_ros import defaults
 from openvla_ros.control.embodiment import load_embodiment
-from openvla_ros.control.kinematics import ArmKinematics
 from openvla_ros.msg import ControllerStatus, EndEffectorDelta
 from openvla_ros.nodes import common
 from openvla_ros.nodes.arm_controller import ArmControllerNode
@@ -43,9 +44,7 @@ class Rig:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
-        self.client = rclpy.create_node('arm_controller_test_client', context=context)
-        self.exec = SingleThreadedExecutor(context=context)
-        self.exec.add_node(self.client)
+        self.client, self.exec = make_probe(context, 'arm_controller_test_client')
         c = self.client
         self.trajectories, self.poses, self.statuses, self.twists = [], [], [], []
         c.create_subscription(JointTrajectory, defaults.JOINT_TRAJECTORY_TOPIC, self.trajectories.append, 10)
@@ -65,6 +64,8 @@ class Rig:
         self._joints_thread = threading.Thread(target=self._republish_joints, daemon=True)
         self._joints_thread.start()
         self.reset_estop_cli = c.create_client(Trigger, f'/{defaults.ARM_CONTROLLER_NODE}/reset_estop')
+        self.set_parameters_cli = c.create_client(SetParameters, f'/{defaults.ARM_CONTROLLER_NODE}/set_parameters')
+        self.get_parameters_cli = c.create_client(GetParameters, f'/{defaults.ARM_CONTROLLER_NODE}/get_parameters')
 
     def _spin(self):
         while not self._stop.is_set():
@@ -80,9 +81,8 @@ class Rig:
         self._thread.join(5)
         self._joints_thread.join(5)
         self.node_exec.shutdown(timeout_sec=1)
-        self.exec.shutdown(timeout_sec=1)
         self.node.destroy_node()
-        self.client.destroy_node()
+        close_probe(self.client, self.exec)
 
     def wait(self, predicate, timeout_s=10.0):
         return spin_until(self.exec, predicate, timeout_s)
@@ -114,6 +114,15 @@ class Rig:
         assert self.wait(fut.done)
         return fut.result()
 
+    def set_parameter(self, name, value):
+        """The controller's SetParameters result for one parameter."""
+        req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        return self.call(self.set_parameters_cli, req).results[0]
+
+    def get_parameter(self, name):
+        value = self.call(self.get_parameters_cli, GetParameters.Request(names=[name])).values[0]
+        return Parameter.from_parameter_msg(ParameterMsg(name=name, value=value)).value
+
     def wait_event(self, text, timeout_s=10.0):
         return self.wait(lambda: self.statuses and text in self.statuses[-1].last_event, timeout_s)
 
@@ -122,24 +131,25 @@ class Rig:
                          and self.joint_pub.get_subscription_count() > 0)
 
 
+@contextlib.contextmanager
+def running_rig(context, embodiment: str = 'widowx_250s_bridge', **params):
+    """A :class:`Rig` whose controller is configured and active; closed afterwards."""
+    rig = Rig(context, embodiment, **params)
+    try:
+        rig.start()
+        yield rig
+    finally:
+        rig.close()
+
+
 @pytest.fixture
 def bridge_rig(ros_context):
-    rig = Rig(ros_context, 'widowx_250s_bridge', watchdog_timeout_s=0.6, max_action_age_s=0.5)
-    rig.start()
-    yield rig
-    rig.close()
+    with running_rig(ros_context, watchdog_timeout_s=0.6, max_action_age_s=0.5) as rig:
+        yield rig
 
 
-@pytest.fixture(scope='module')
-def bridge_start_q():
-    e = load_embodiment('widowx_250s_bridge')
-    k = ArmKinematics(e)
-    return e, k, k.solve(e.start_pose, np.array([0, -0.96, 1.16, 0, -0.3, 0])).joint_positions
-
-
-def test_action_in_trajectory_and_pose_out(bridge_rig, bridge_start_q):
-    rig = bridge_rig
-    e, kin, q = bridge_start_q
+def test_action_in_trajectory_and_pose_out(bridge_rig, bridge, kin, start_q):
+    rig, e, q = bridge_rig, bridge, start_q
     assert rig.connected()
     rig.publish_joints(list(e.arm_joints) + ['left_finger', 'right_finger'], list(q) + [0.037, -0.037])
     # starts disabled: the action is refused with a reason
@@ -186,9 +196,8 @@ def test_action_in_trajectory_and_pose_out(bridge_rig, bridge_start_q):
     assert rig.wait_event('disabled')
 
 
-def test_estop_latches_until_reset(bridge_rig, bridge_start_q):
-    rig = bridge_rig
-    e, kin, q = bridge_start_q
+def test_estop_latches_until_reset(bridge_rig, bridge, start_q):
+    rig, e, q = bridge_rig, bridge, start_q
     assert rig.connected()
     rig.publish_joints(e.arm_joints, q)
     assert rig.call(rig.enable_cli, SetBool.Request(data=True)).success
@@ -210,10 +219,8 @@ def test_estop_latches_until_reset(bridge_rig, bridge_start_q):
 
 def test_servo_twist_resent_then_zero(ros_context):
     e = load_embodiment('generic_7dof_servo')
-    rig = Rig(ros_context, 'generic_7dof_servo', start_enabled=True, servo_rate_hz=50.0, control_period_s=0.5,
-              watchdog_timeout_s=5.0)
-    try:
-        rig.start()
+    with running_rig(ros_context, 'generic_7dof_servo', start_enabled=True, servo_rate_hz=50.0,
+                     control_period_s=0.5, watchdog_timeout_s=5.0) as rig:
         assert rig.connected()
         q = [0.0, 0.5, 0.0, -1.2, 0.0, 0.8, 0.0]
         rig.publish_joints(e.arm_joints, q)
@@ -234,8 +241,6 @@ def test_servo_twist_resent_then_zero(ros_context):
         assert len(window) >= 10
         assert rig.poses and rig.poses[-1].header.frame_id == 'base_link'
         assert not rig.trajectories
-    finally:
-        rig.close()
 
 
 def _trajectory_pose(kin, traj):
@@ -247,12 +252,10 @@ def _pose_xyz(msg):
     return np.array([p.x, p.y, p.z])
 
 
-def test_blocking_keeps_the_newest_action_until_the_goal_is_reached(ros_context, bridge_start_q):
-    e, kin, q = bridge_start_q
-    rig = Rig(ros_context, 'widowx_250s_bridge', blocking=True, start_enabled=True, blocking_timeout_s=3.0,
-              watchdog_timeout_s=20.0, max_action_age_s=10.0)
-    try:
-        rig.start()
+def test_blocking_keeps_the_newest_action_until_the_goal_is_reached(ros_context, bridge, kin, start_q):
+    e, q = bridge, start_q
+    with running_rig(ros_context, blocking=True, start_enabled=True, blocking_timeout_s=3.0,
+                     watchdog_timeout_s=20.0, max_action_age_s=10.0) as rig:
         assert rig.connected()
         rig.publish_joints(e.arm_joints, q)
         assert rig.wait(lambda: rig.statuses and rig.statuses[-1].state == ControllerStatus.STATE_HOLDING)
@@ -294,30 +297,11 @@ def test_blocking_keeps_the_newest_action_until_the_goal_is_reached(ros_context,
         third = _trajectory_pose(kin, rig.trajectories[2]).position
         np.testing.assert_allclose(third, start + [0.0, 0, 0.03], atol=1e-3)
         assert rig.wait(lambda: rig.statuses[-1].actions_executed == 3)
-    finally:
-        rig.close()
 
 
-def test_live_safety_parameters_apply_to_the_next_action(ros_context, bridge_start_q):
-    from rcl_interfaces.msg import Parameter as ParameterMsg
-    from rcl_interfaces.srv import GetParameters, SetParameters
-
-    e, kin, q = bridge_start_q
-    rig = Rig(ros_context, 'widowx_250s_bridge', start_enabled=True, watchdog_timeout_s=20.0, max_action_age_s=10.0)
-    node = f'/{defaults.ARM_CONTROLLER_NODE}'
-    set_cli = rig.client.create_client(SetParameters, f'{node}/set_parameters')
-    get_cli = rig.client.create_client(GetParameters, f'{node}/get_parameters')
-
-    def set_param(name, value):
-        req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-        return rig.call(set_cli, req).results[0]
-
-    def get_param(name):
-        value = rig.call(get_cli, GetParameters.Request(names=[name])).values[0]
-        return Parameter.from_parameter_msg(ParameterMsg(name=name, value=value)).value
-
-    try:
-        rig.start()
+def test_live_safety_parameters_apply_to_the_next_action(ros_context, bridge, kin, start_q):
+    e, q = bridge, start_q
+    with running_rig(ros_context, start_enabled=True, watchdog_timeout_s=20.0, max_action_age_s=10.0) as rig:
         assert rig.connected()
         rig.publish_joints(e.arm_joints, q)
         assert rig.wait(lambda: rig.statuses and rig.statuses[-1].state == ControllerStatus.STATE_HOLDING)
@@ -325,9 +309,9 @@ def test_live_safety_parameters_apply_to_the_next_action(ros_context, bridge_sta
         assert rig.wait(lambda: len(rig.poses) == 1)
         np.testing.assert_allclose(_pose_xyz(rig.poses[0]), kin.forward(q).position + [0.04, 0, 0], atol=1e-9)
 
-        r = set_param('max_translation_step_m', 0.01)
+        r = rig.set_parameter('max_translation_step_m', 0.01)
         assert r.successful, r.reason
-        assert get_param('max_translation_step_m') == 0.01
+        assert rig.get_parameter('max_translation_step_m') == 0.01
         rig.send_action([0.04, 0, 0, 0, 0, 0, 1.0])
         assert rig.wait(lambda: len(rig.poses) == 2)
         step = _pose_xyz(rig.poses[1]) - _pose_xyz(rig.poses[0])
@@ -335,19 +319,20 @@ def test_live_safety_parameters_apply_to_the_next_action(ros_context, bridge_sta
         assert rig.wait(lambda: 'translation_clip' in rig.statuses[-1].active_limits)
 
         # Invalid values are refused with a reason and change nothing.
-        low = list(get_param('workspace_low_m'))
-        high = list(get_param('workspace_high_m'))
-        r = set_param('workspace_low_m', [high[0] + 0.01, low[1], low[2]])
+        low = list(rig.get_parameter('workspace_low_m'))
+        high = list(rig.get_parameter('workspace_high_m'))
+        r = rig.set_parameter('workspace_low_m', [high[0] + 0.01, low[1], low[2]])
         assert not r.successful and 'workspace' in r.reason, r.reason
-        r = set_param('workspace_high_m', [high[0], high[1]])
+        r = rig.set_parameter('workspace_high_m', [high[0], high[1]])
         assert not r.successful and '3' in r.reason, r.reason
-        r = set_param('max_translation_step_m', 5.0)
+        r = rig.set_parameter('max_translation_step_m', 5.0)
         assert not r.successful
-        assert list(get_param('workspace_low_m')) == low and get_param('max_translation_step_m') == 0.01
+        assert list(rig.get_parameter('workspace_low_m')) == low
+        assert rig.get_parameter('max_translation_step_m') == 0.01
 
         # A tighter box clips the next target at its new face.
         x = float(_pose_xyz(rig.poses[1])[0])
-        r = set_param('workspace_high_m', [x + 0.004, high[1], high[2]])
+        r = rig.set_parameter('workspace_high_m', [x + 0.004, high[1], high[2]])
         assert r.successful, r.reason
         rig.send_action([0.04, 0, 0, 0, 0, 0, 1.0])
         assert rig.wait(lambda: len(rig.poses) == 3)
@@ -355,7 +340,7 @@ def test_live_safety_parameters_apply_to_the_next_action(ros_context, bridge_sta
         assert rig.wait(lambda: 'workspace_clip' in rig.statuses[-1].active_limits)
 
         # A shorter action age makes the same action stale.
-        assert set_param('max_action_age_s', 0.2).successful
+        assert rig.set_parameter('max_action_age_s', 0.2).successful
         rig.send_action([0.0, 0, 0, 0, 0, 0, 1.0], age_s=0.5)
         assert rig.wait_event('stale action')
         assert len(rig.poses) == 3
@@ -363,5 +348,3 @@ def test_live_safety_parameters_apply_to_the_next_action(ros_context, bridge_sta
         # Nothing changes now, yet the status keeps coming (STATUS_PERIOD_S, 1 s).
         n = len(rig.statuses)
         assert rig.wait(lambda: len(rig.statuses) >= n + 2, timeout_s=5.0)
-    finally:
-        rig.close()
