@@ -147,3 +147,12 @@ def test_collect_through_the_graph(tmp_path, capsys):
     info = json.loads((kept / INFO_FILE).read_text())
     assert info['outcomes'] == ['failure'] and info['include_failed'] is True
     assert len(next(iter_episodes(kept)).actions) == 2
+    # what that run left (its bags, no dataset) is still openvla-collect's own: --force replaces it
+    from openvla_ros.cli.collect import CollectError, _prepare_out
+
+    (out / 'bags' / 'notes.txt').write_text('mine')
+    with pytest.raises(CollectError, match='did not write'):
+        _prepare_out(out, force=True)
+    (out / 'bags' / 'notes.txt').unlink()
+    _prepare_out(out, force=True)
+    assert not (out / 'bags').exists() and not (out / 'meta' / 'build.json').exists()

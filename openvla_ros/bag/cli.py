@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser('record', help='record topics of the live graph into an mcap bag')
     r.add_argument('-o', '--output', required=True, help='bag directory to create')
     r.add_argument('topics', nargs='*', help='topics to record (default: what eval reads -- the camera, the '
-                   'instruction and the actions -- plus the status, diagnostics and controller topics)')
+                   'instruction and the actions -- and what openvla-dataset build needs -- also '
+                   f'{defaults.JOINT_STATES_TOPIC} and the episode markers on {defaults.EPISODE_TOPIC} -- plus the '
+                   'status, diagnostics and controller topics)')
     r.add_argument('--camera', action=argparse.BooleanOptionalAction, default=None,
                    help=f'add {defaults.CAMERA_TOPIC} to the topics given, or (--no-camera) leave it out')
     r.add_argument('--camera-scale', type=float, default=1.0, help='shrink camera images by this factor (0, 1]')

@@ -95,7 +95,7 @@ def _prepare_bags(bags: Path, force: bool, inside_out: bool) -> None:
 
 
 def _prepare_out(out: Path, force: bool) -> None:
-    from openvla_ros.learning.collect import BAGS_DIR
+    from openvla_ros.learning.collect import BAGS_DIR, read_bags_manifest
     from openvla_ros.learning.dataset import EPISODES_DIR, INFO_FILE, STATISTICS_FILE
     from openvla_ros.learning.from_bags import BUILD_FILE
 
@@ -111,6 +111,8 @@ def _prepare_out(out: Path, force: bool) -> None:
         ours = 'failed_demonstrations' in json.loads(info.read_text())
     except (OSError, ValueError):
         ours = False
+    # a --graph run that stopped before its dataset was written: only its bags (and the build's manifest)
+    ours = ours or (not info.exists() and read_bags_manifest(out / BAGS_DIR) is not None)
     others = [p.name for p in out.iterdir()
               if p.name not in (EPISODES_DIR, INFO_FILE.parts[0], STATISTICS_FILE, BAGS_DIR)]
     meta = out / INFO_FILE.parts[0]
