@@ -105,14 +105,16 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, shards: int = 1,
     return write_random_checkpoint(out, config, seed=seed, shards=shards)
 
 
-def write_random_checkpoint(out: Path, config: dict, seed: int = 0, shards: int = 1) -> Path:
-    """A whole checkpoint directory for ``config`` with :func:`init_tensor` weights in bfloat16
-    (the model is laid out on the meta device, so nothing but the weights is allocated)."""
+def write_random_checkpoint(out: Path, config: dict, seed: int = 0, shards: int = 1,
+                            init=init_tensor) -> Path:
+    """A whole checkpoint directory for ``config`` with weights from ``init(key, shape,
+    generator)`` (default :func:`init_tensor`) in bfloat16 (the model is laid out on the meta
+    device, so nothing but the weights is allocated)."""
     with torch.device('meta'):
         model = OpenVLAModel(OpenVLAConfig.from_dict(config))
     shapes = model.checkpoint_shapes()
     gen = torch.Generator().manual_seed(seed)
-    tensors = {k: init_tensor(k, shapes[k], gen).to(torch.bfloat16).contiguous()
+    tensors = {k: init(k, shapes[k], gen).to(torch.bfloat16).contiguous()
                for k in sorted(shapes)}
     write_checkpoint_metadata(out, config)
     _write_weights(tensors, out, shards)

@@ -6,14 +6,21 @@ tokenizer) with ``image_sizes`` and ``preprocessor_config.json`` set to ``image_
 standard inference path resizes camera frames to it, and the ViTs' ``patch_size`` (upstream's
 14 by default). Small images make training on a CPU feasible; smaller patches keep enough of them
 to localise small objects (56 px in patches of 7 = 8 x 8 patches, 64 image tokens).
+
+The weights are initialised for training (:func:`training_init`), not with the engine's
+random-model initialisation, which is tuned for varied outputs without training (sharp attention,
+faint text embeddings) and trains poorly.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import torch
+
 from openvla_ros.engine.config import tiny_config
-from openvla_ros.engine.tiny import write_random_checkpoint
+from openvla_ros.engine.tiny import ACTION_TOKEN_IDS, write_random_checkpoint
 
 PATCH_SIZE = 14
 # Placeholder statistics until fine-tuning writes the dataset's own (the export replaces them).
@@ -32,7 +39,8 @@ def make_small_checkpoint(out_dir: str | Path, image_size: int = 56, seed: int =
         kwargs['patch_size'] = patch_size
     config['image_sizes'] = [image_size, image_size]
     config['norm_stats'] = {'untrained': json.loads(json.dumps(PLACEHOLDER_STATS))}
-    write_random_checkpoint(out, config, seed=seed)
+    grid = image_size // patch_size
+    write_random_checkpoint(out, config, seed=seed, init=training_init(grid, _residual_layers(config)))
     processor_path = out / 'preprocessor_config.json'
     processor = json.loads(processor_path.read_text())
     processor['input_sizes'] = [[3, image_size, image_size] for _ in processor['input_sizes']]
@@ -42,3 +50,61 @@ def make_small_checkpoint(out_dir: str | Path, image_size: int = 56, seed: int =
         params['output_size'] = [image_size, image_size]
     processor_path.write_text(json.dumps(processor, indent=2))
     return out
+
+
+# GPT-2 / Llama style: weights N(0, 0.02), residual output projections scaled by 1/sqrt(2 L)
+INIT_STD = 0.02
+RESIDUAL_OUTPUTS = ('o_proj.weight', 'down_proj.weight', 'attn.proj.weight', 'mlp.fc2.weight')
+
+
+def _residual_layers(config: dict) -> int:
+    return max([config['text_config']['num_hidden_layers']]
+               + [k.get('depth', 1) for k in config['timm_model_kwargs']])
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """[grid*grid, dim] fixed 2-D sine-cosine position codes (rows then columns, half the
+    channels each): a start in which a patch's place is linearly readable."""
+    if dim % 4:
+        raise ValueError(f'2-D sine-cosine position codes need a width divisible by 4, got {dim}')
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
+    coords = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing='ij')
+
+    def code(pos):
+        angles = pos.reshape(-1, 1) * omega.reshape(1, -1)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([code(rows), code(cols)], dim=1).float()
+
+
+def training_init(grid: int, layers: int):
+    """``init(key, shape, generator)`` for :func:`write_random_checkpoint`: zero biases, unit
+    norms and layer scales, N(0, 0.02) weights and embeddings (residual outputs scaled down by
+    depth), LeCun-normal patch embeddings and projector, and 2-D sine-cosine patch positions."""
+    def init(key: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+        def normal(std):
+            return torch.randn(shape, generator=gen) * std
+
+        name = key.rsplit('.', 1)[-1]
+        if name == 'bias':
+            return torch.zeros(shape)
+        if 'norm' in key or name in ('scale_factor', 'gamma'):
+            return torch.ones(shape)
+        if name == 'pos_embed' and shape[-2] == grid * grid:
+            return sincos_2d(grid, shape[-1]).reshape(shape)
+        if key.startswith('projector.') or 'patch_embed' in key:
+            return normal(1.0 / math.sqrt(math.prod(shape[1:])))
+        if key.endswith('lm_head.weight'):
+            # only the action tokens start as candidates, as in the engine's random model: the
+            # untrained policy then acts at random, and the loss starts on the 256 action bins
+            out = torch.zeros(shape)
+            rows = ACTION_TOKEN_IDS
+            out[rows] = torch.randn(rows.stop - rows.start, shape[1], generator=gen) * INIT_STD
+            return out
+        if key.endswith(RESIDUAL_OUTPUTS):
+            return normal(INIT_STD / math.sqrt(2 * layers))
+        return normal(INIT_STD)
+
+    return init
