@@ -75,3 +75,28 @@ def test_dataset_round_trip_and_bad_episode_keeps_what_was_written(tmp_path):
     stats = json.loads((tmp_path / 'dataset_statistics.json').read_text())
     assert stats['sim_widowx']['num_trajectories'] == 2
     assert '2 episodes, 10 steps' in summary(tmp_path)
+
+
+def test_episode_jobs_shared_and_distinct_layouts():
+    """A seed is a whole scene: shared layouts show each scene with every task, distinct layouts
+    give every demonstration its own scene; both cover every task equally."""
+    from openvla_ros.evaluation import tasks as T
+    from openvla_ros.evaluation.runner import EpisodeEnv
+    from openvla_ros.learning.collect import episode_jobs
+
+    tasks = ['reach_red_block', 'reach_green_can', 'spoon_on_towel']
+    shared = episode_jobs(tasks, [0, 1])
+    distinct = episode_jobs(tasks, [0, 1], 'distinct')
+    assert shared == [(t, s) for s in (0, 1) for t in tasks]
+    assert sorted(distinct) == sorted([('reach_red_block', 0), ('reach_red_block', 1), ('reach_green_can', 2),
+                                       ('reach_green_can', 3), ('spoon_on_towel', 4), ('spoon_on_towel', 5)])
+    env = EpisodeEnv(image_size=(32, 32))
+    try:
+        def scene(task, seed):
+            return env.reset(T.get_task(task), seed).object_poses
+        assert scene('reach_red_block', 0) == scene('spoon_on_towel', 0)     # the seed is the scene
+        assert len({tuple(sorted(scene(t, s).items())) for t, s in distinct}) == len(distinct)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match='layouts'):
+        episode_jobs(tasks, [0], 'mixed')

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f'task to demonstrate (repeatable, or "all"): {", ".join(T.TASKS)}')
     parser.add_argument('--episodes', type=int, required=True, help='episodes (seeds) per task')
     parser.add_argument('--seed', type=int, default=0, help='first seed (default 0)')
+    parser.add_argument('--layouts', choices=('shared', 'distinct'), default='shared',
+                        help='shared: every task on seeds S … S+N-1 (a seed is a scene: each scene shown '
+                             'with every instruction); distinct: task i on seeds S+i*N … (a scene per '
+                             'demonstration)')
     parser.add_argument('--out', required=True, help='dataset directory to create')
     parser.add_argument('--image-size', type=int, default=56, help='camera frames of N x N pixels (default 56)')
     parser.add_argument('--max-steps', type=int, help="end each episode after N steps (default: the task's)")
@@ -169,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             from openvla_ros.learning.collect import collect_in_process
 
             info = collect_in_process(tasks, seeds, out, image_size=args.image_size, progress=not args.no_progress,
-                                      only_successful=not args.include_failed, max_steps=args.max_steps)
+                                      only_successful=not args.include_failed, max_steps=args.max_steps,
+                                      layouts=args.layouts)
     except (CollectError, DatasetError) as exc:
         print(f'openvla-collect: error: {exc}', file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -194,7 +199,7 @@ def _collect_graph(args, tasks, seeds, out: Path, bags: Path | None) -> dict | N
             tasks, seeds, out, executable_command=bringup_cli.executable_command,
             stop_processes=bringup_cli.stop_processes, bags_dir=bags, image_size=args.image_size,
             progress=not args.no_progress, only_successful=not args.include_failed, graph_log_dir=args.graph_logs,
-            max_steps=args.max_steps,
+            max_steps=args.max_steps, layouts=args.layouts,
             log=lambda line: print(f'openvla-collect: {line}', file=sys.stderr))
     except (GraphError, BagError, RuntimeError) as exc:
         print(f'openvla-collect: error: {type(exc).__name__}: {exc}', file=sys.stderr)

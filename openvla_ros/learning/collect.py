@@ -47,16 +47,37 @@ def episode_from_result(result, source: str) -> tuple[Episode, int]:
                    instruction=result.instruction, source=source), int((~keep).sum())
 
 
+LAYOUTS = ('shared', 'distinct')
+
+
+def episode_jobs(tasks: list[str], seeds: list[int], layouts: str = 'shared') -> list[tuple[str, int]]:
+    """The (task, seed) episodes to demonstrate. A seed decides the whole scene, and every task
+    places the same objects, so ``shared``: each task on ``seeds`` (one scene per seed, shown with
+    every task's instruction); ``distinct``: task i on ``seeds`` shifted by ``i * len(seeds)`` (a
+    scene of its own for every demonstration: as many layouts as episodes)."""
+    if layouts not in LAYOUTS:
+        raise ValueError(f'layouts must be one of {LAYOUTS}, got {layouts!r}')
+    if layouts == 'shared':
+        return [(t, s) for s in seeds for t in tasks]
+    n = len(seeds)
+    return [(t, s + i * n) for s in seeds for i, t in enumerate(tasks)]
+
+
+def _seed_span(jobs: list[tuple[str, int]]) -> list[int]:
+    return [min(s for _, s in jobs), max(s for _, s in jobs)]
+
+
 def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
                        image_size: int = 56, progress: bool = True,
-                       only_successful: bool = True, max_steps: int | None = None) -> dict:
+                       only_successful: bool = True, max_steps: int | None = None,
+                       layouts: str = 'shared') -> dict:
     from openvla_ros.evaluation.policies import ExpertPolicy
     from openvla_ros.evaluation.runner import EpisodeEnv, run_episode
 
     out = Path(out)
     env = EpisodeEnv(image_size=(image_size, image_size))
     expert = ExpertPolicy()
-    jobs = [(t, s) for s in seeds for t in tasks]
+    jobs = episode_jobs(tasks, seeds, layouts)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -86,7 +107,7 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
             bar.close()
     return finish_dataset(out, extra_info={'idle_steps_dropped': idle,
                                            'failed_demonstrations': failed,
-                                           'tasks': tasks, 'seeds': [min(seeds), max(seeds)]})
+                                           'tasks': tasks, 'seeds': _seed_span(jobs), 'layouts': layouts})
 
 
 # ---------------------------------------------------------------- through the ROS graph
@@ -247,7 +268,7 @@ def collect_through_graph(tasks: list[str], seeds: list[int], out: str | Path, *
                           stop_processes, bags_dir: str | Path | None = None, image_size: int = 56,
                           progress: bool = True, only_successful: bool = True,
                           graph_log_dir: str | Path | None = None, max_steps: int | None = None,
-                          log=print) -> dict:
+                          log=print, layouts: str = 'shared') -> dict:
     """The expert through the ROS graph, one bag per episode in ``bags_dir`` (default
     ``OUT/bags``), then the dataset ``out`` built from those bags (the labels, idle filter and
     statistics of ``openvla-dataset build``). ``executable_command`` / ``stop_processes``: as for
@@ -261,7 +282,7 @@ def collect_through_graph(tasks: list[str], seeds: list[int], out: str | Path, *
 
     out = Path(out)
     bags_dir = Path(bags_dir) if bags_dir is not None else out / BAGS_DIR
-    jobs = [(t, s) for s in seeds for t in tasks]
+    jobs = episode_jobs(tasks, seeds, layouts)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -279,7 +300,7 @@ def collect_through_graph(tasks: list[str], seeds: list[int], out: str | Path, *
     opts = BuildOptions(bags=[str(b) for _, _, b, _ in episodes], out=str(out), force=True,
                         include_failed=not only_successful, bags_inside_out=True,
                         extra_info={'collected': 'ros graph (arm_controller, sim_node lockstep; expert as teleoperator)',
-                                    'tasks': tasks, 'seeds': [min(seeds), max(seeds)], 'bags_dir': str(bags_dir)})
+                                    'tasks': tasks, 'seeds': _seed_span(jobs), 'layouts': layouts, 'bags_dir': str(bags_dir)})
     result = build(opts, log=lambda line: log(f'dataset: {line}'))
     by_bag = {str(Path(b).resolve()): (t, s) for t, s, b, _ in episodes}
     for bag, why in (result.info or {}).get('failed_bags', {}).items():
