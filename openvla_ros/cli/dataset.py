@@ -2,6 +2,7 @@
 
   openvla-dataset build BAGS... --out DIR [--resume | --force] [--instruction TEXT] [--image-size N]
   openvla-dataset info DIR
+  openvla-dataset export DIR --format lerobot --out OUT
 
 ``build`` converts each bag (a bag directory with metadata.yaml, or a single .mcap) into one
 episode (or one per episode marker), labelled from the reached end-effector states, and writes the
@@ -10,8 +11,11 @@ dataset layout of :mod:`openvla_ros.learning.dataset` (episode files, upstream-f
 the reason and the build goes on; the episodes written stay, and ``--resume`` continues a build
 (bags already converted are skipped). ``--force`` replaces only what an earlier build wrote.
 
-Exit status: 0 every bag converted and the statistics written; 2 bad input (a bag failed, the
-statistics are degenerate, the output is refused).
+``export`` writes a dataset in the LeRobotDataset v2.1 layout (:mod:`openvla_ros.learning.export`)
+into a new or empty OUT; ``info`` summarises either kind of dataset.
+
+Exit status: 0 every bag converted and the statistics written (export: written); 2 bad input (a
+bag failed, the statistics are degenerate, the output is refused, the input is not a dataset).
 """
 from __future__ import annotations
 
@@ -55,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument('dataset', help='dataset directory')
     i.add_argument('--bins', type=int, default=10, help='histogram bins per action dimension')
     i.add_argument('--json', action='store_true', help='print meta/info.json and the statistics as JSON')
+    e = sub.add_parser('export', help='write a dataset in a standard format (LeRobotDataset v2.1)')
+    e.add_argument('dataset', help='dataset directory (openvla-dataset build / openvla-collect)')
+    e.add_argument('--format', default='lerobot', choices=['lerobot'], help='output format')
+    e.add_argument('--out', required=True, help='directory to create (must not exist or be empty)')
     return parser
 
 
@@ -62,7 +70,10 @@ def info_text(directory, bins: int = 10) -> str:
     """``openvla-dataset info``: the dataset summary, quantiles, idle-filter counts and statistics."""
     from openvla_ros.action_layout import dim_names
     from openvla_ros.learning.dataset import INFO_FILE, iter_episodes, load_statistics, summary
+    from openvla_ros.learning.export import is_lerobot_dataset, lerobot_summary
 
+    if is_lerobot_dataset(directory):
+        return lerobot_summary(directory, bins=bins)
     lines = [summary(directory, bins=bins)]
     actions = np.concatenate([e.actions for e in iter_episodes(directory)])
     names = dim_names(actions.shape[1])
@@ -105,12 +116,25 @@ def main(argv: list[str] | None = None) -> int:
 
     prog = f'openvla-dataset {args.command}'
     try:
+        if args.command == 'export':
+            from openvla_ros.learning.export import export
+            info = export(args.dataset, args.out, args.format)
+            print(f'{args.out}: LeRobot dataset {info["codebase_version"]}, {info["total_episodes"]} episodes, '
+                  f'{info["total_frames"]} frames, {info["total_tasks"]} tasks, {info["fps"]} fps')
+            return EXIT_OK
         if args.command == 'info':
             if args.json:
                 from openvla_ros.learning.dataset import INFO_FILE, load_statistics
+                from openvla_ros.learning.export import STATS_FILE, is_lerobot_dataset
                 info_path = Path(args.dataset) / INFO_FILE
                 if not info_path.is_file():
                     raise DatasetError(f'{args.dataset}: no {INFO_FILE} (build the dataset first)')
+                if is_lerobot_dataset(args.dataset):
+                    stats_path = Path(args.dataset) / STATS_FILE
+                    print(json.dumps({'info': json.loads(info_path.read_text()),
+                                      'stats': json.loads(stats_path.read_text()) if stats_path.is_file() else None},
+                                     indent=2))
+                    return EXIT_OK
                 print(json.dumps({'info': json.loads(info_path.read_text()),
                                   'statistics': load_statistics(args.dataset)}, indent=2))
             else:
