@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The learning loop's proof, end to end on a CPU: scripted-expert demonstrations of the five
-# workcell tasks (60 seeds each, seeds 0-59), a small OpenVLA-architecture policy trained from
-# scratch on them (at most 20 minutes), then closed-loop evaluation in lockstep on 50 held-out
+# workcell tasks (60 each, a scene of its own per demonstration: seeds 0-299), a small
+# OpenVLA-architecture policy trained from scratch on them (at most 20 minutes), then closed-loop
+# evaluation in lockstep on 50 held-out
 # seeds per task (1000-1049) of the trained policy, the instruction-shuffled control and the
 # untrained model (same initialisation, same statistics). Results: output/proof/eval*/summary.md.
 #
 # Steps whose output exists are skipped (delete output/proof/<step> to redo one); PROOF_EPISODES
-# and PROOF_TRAIN_MIN shrink the run. The figures in BENCHMARKS.md come from this script.
+# and PROOF_TRAIN_MIN shrink the run. BENCHMARKS.md lists the runs made with these steps (and the
+# variants tried), evaluated on 10 held-out seeds per task.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${PROOF_OUT:-$ROOT/output/proof}"
 DEMOS="${PROOF_DEMOS:-60}"              # demonstrations per task (5 tasks, at most 300 in all)
 EVAL_EPISODES="${PROOF_EPISODES:-50}"   # held-out evaluation episodes per task and policy
 TRAIN_MIN="${PROOF_TRAIN_MIN:-20}"
-IMAGE=128                               # camera frames, pixels; the model sees 56 x 56
+IMAGE=128                               # camera frames, pixels; the model sees 56 x 56 in patches of 7
 "$ROOT/tools/setup.sh"
 cd "$ROOT"
 eval "$("$ROOT/.venv/bin/python" -m openvla_ros.runtime_env)"
@@ -21,16 +23,17 @@ BIN="$ROOT/.venv/bin"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 
 [ -f "$OUT/dataset/dataset_statistics.json" ] || \
-  "$BIN/openvla-collect" --task all --episodes "$DEMOS" --seed 0 --image-size "$IMAGE" --out "$OUT/dataset"
+  "$BIN/openvla-collect" --task all --episodes "$DEMOS" --seed 0 --layouts distinct --image-size "$IMAGE" \
+    --out "$OUT/dataset"
 "$BIN/openvla-dataset" info "$OUT/dataset" | head -30
 
 [ -f "$OUT/train/checkpoint/model.safetensors" ] || \
-  "$BIN/openvla-finetune" --small 56 --dataset "$OUT/dataset" --out "$OUT/train" \
-    --steps 3000 --batch-size 32 --learning-rate 1e-3 --lr-schedule cosine --warmup-steps 100 \
-    --augment-shift-px 2 --eval-every 500 --save-every 500 --time-limit-min "$TRAIN_MIN"
+  "$BIN/openvla-finetune" --small 56 --small-patch 7 --dataset "$OUT/dataset" --out "$OUT/train" \
+    --steps 4500 --batch-size 32 --learning-rate 2e-3 --lr-schedule cosine --warmup-steps 200 \
+    --augment-shift-px 4 --eval-every 1000 --save-every 1000 --threads 1 --time-limit-min "$TRAIN_MIN"
 # the untrained control: the same initialisation, exported with the dataset's statistics
 [ -f "$OUT/untrained/checkpoint/model.safetensors" ] || \
-  "$BIN/openvla-finetune" --small 56 --dataset "$OUT/dataset" --out "$OUT/untrained" --steps 0 --no-progress
+  "$BIN/openvla-finetune" --small 56 --small-patch 7 --dataset "$OUT/dataset" --out "$OUT/untrained" --steps 0 --no-progress
 
 common=(--tasks all --episodes "$EVAL_EPISODES" --seed 1000 --held-out --unnorm-key sim_widowx
         --image-width "$IMAGE" --image-height "$IMAGE" --no-video --dtype float32 --resume)
