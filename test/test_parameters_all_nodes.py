@@ -82,12 +82,7 @@ def _out_of_range(v: ParameterValue, descriptor) -> ParameterValue | None:
     return out
 
 
-@pytest.mark.parametrize('name', [
-    defaults.VLA_NODE, defaults.ARM_CONTROLLER_NODE,
-    pytest.param(defaults.SIM_NODE, marks=pytest.mark.xfail(
-        strict=False, reason='sim_node declares start_joint_positions with a type but no value, '
-                             'so GetParameters answers nothing; its declarations are being fixed')),
-])
+@pytest.mark.parametrize('name', [defaults.VLA_NODE, defaults.ARM_CONTROLLER_NODE, defaults.SIM_NODE])
 def test_every_parameter_is_honest(name, processes, ros_context, tiny_checkpoint):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
