@@ -149,6 +149,17 @@ class Recorder:
             self.subscriptions[topic] = sub
             self.node.get_logger().info(f'recording {topic} ({msgtype})')
 
+    def spin(self, executor, running) -> None:
+        """Spin ``executor`` while ``running()``, looking for the wanted topics every
+        ``DISCOVERY_PERIOD_S``."""
+        next_discovery = 0.0
+        while running():
+            now = time.monotonic()
+            if now >= next_discovery:
+                self.discover()
+                next_discovery = now + DISCOVERY_PERIOD_S
+            executor.spin_once(timeout_sec=0.05)
+
     def matched(self, topics) -> bool:
         """Every one of ``topics`` is subscribed and its subscription matched to a publisher."""
         return all(t in self.subscriptions and self.subscriptions[t].get_publisher_count() > 0 for t in topics)
@@ -257,15 +268,8 @@ def _record(opts: RecordOptions, topics: list[str], out: BagOutput) -> int:
     node.get_logger().info(f'recording {", ".join(topics)} into {out.target} '
                            f'(log times from {defaults.CLOCK_TOPIC if sim_time else "the wall clock"})')
     try:
-        next_discovery = 0.0
-        while rclpy.ok() and not stop['now']:
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if now >= next_discovery:
-                recorder.discover()
-                next_discovery = now + DISCOVERY_PERIOD_S
-            executor.spin_once(timeout_sec=0.05)
+        recorder.spin(executor, lambda: rclpy.ok() and not stop['now']
+                      and (deadline is None or time.monotonic() < deadline))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -327,14 +331,8 @@ class BagSeries:
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
 
-        next_discovery = 0.0
         try:
-            while self._ctx.ok() and not self._stop.is_set():
-                now = time.monotonic()
-                if now >= next_discovery:
-                    self.recorder.discover()
-                    next_discovery = now + DISCOVERY_PERIOD_S
-                self._executor.spin_once(timeout_sec=0.05)
+            self.recorder.spin(self._executor, lambda: self._ctx.ok() and not self._stop.is_set())
         except (ExternalShutdownException, RuntimeError):
             pass
 

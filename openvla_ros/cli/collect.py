@@ -68,19 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _holds_something(path: Path, flag: str, force: bool, what: str) -> bool:
+    """Whether ``path`` (the folder of ``flag``) has contents that ``--force`` would replace;
+    False when it is absent or empty. A link or a file there, or contents without ``force``,
+    are refused (``what``: what ``--force`` replaces there)."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise CollectError(f'{flag} {path} exists and is not a directory; refusing to touch it')
+    if not path.exists() or not any(path.iterdir()):
+        return False
+    if not force:
+        raise CollectError(f'{flag} {path} exists and is not empty; pass --force to replace {what}')
+    return True
+
+
 def _prepare_bags(bags: Path, force: bool, inside_out: bool) -> None:
     """A bags folder is used when absent or empty; with ``force`` one that holds only the bags an
     earlier openvla-collect listed in its manifest (those are removed), never other files."""
     from openvla_ros.learning.collect import BAGS_MANIFEST, read_bags_manifest
 
     where = '--out' if inside_out else '--bags'
-    if bags.is_symlink() or (bags.exists() and not bags.is_dir()):
-        raise CollectError(f'{where} {bags} exists and is not a directory; refusing to touch it')
-    if not bags.exists() or not any(bags.iterdir()):
+    if not _holds_something(bags, where, force, 'the bags openvla-collect wrote there'):
         return
-    if not force:
-        raise CollectError(f'{where} {bags} exists and is not empty; pass --force to replace the bags '
-                           'openvla-collect wrote there')
     listed = read_bags_manifest(bags)
     if listed is None:
         raise CollectError(f'{bags} was not written by openvla-collect (no {BAGS_MANIFEST}); refusing to replace it '
@@ -103,13 +111,8 @@ def _prepare_out(out: Path, force: bool) -> None:
     from openvla_ros.learning.dataset import EPISODES_DIR, INFO_FILE, STATISTICS_FILE
     from openvla_ros.learning.from_bags import BUILD_FILE
 
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise CollectError(f'--out {out} exists and is not a directory; refusing to touch it')
-    if not out.exists() or not any(out.iterdir()):
+    if not _holds_something(out, '--out', force, 'a dataset openvla-collect wrote there'):
         return
-    if not force:
-        raise CollectError(f'--out {out} exists and is not empty; pass --force to replace a dataset '
-                           'openvla-collect wrote there')
     info = out / INFO_FILE
     try:
         ours = 'failed_demonstrations' in json.loads(info.read_text())

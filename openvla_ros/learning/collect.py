@@ -63,6 +63,14 @@ def episode_jobs(tasks: list[str], seeds: list[int], layouts: str = 'shared') ->
     return [(t, s + i * n) for s in seeds for i, t in enumerate(tasks)]
 
 
+def demonstration_paraphrase(task: str, seed: int) -> int:
+    """The instruction variant a demonstration is given: one per seed, so the policy learns the
+    object noun, not one sentence."""
+    from openvla_ros.evaluation import tasks as T
+
+    return seed % len(T.get_task(task).instructions)
+
+
 def _seed_span(jobs: list[tuple[str, int]]) -> list[int]:
     return [min(s for _, s in jobs), max(s for _, s in jobs)]
 
@@ -85,8 +93,8 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
     index, idle, failed = 0, 0, []
     try:
         for task, seed in jobs:
-            # a paraphrase per seed, so the policy learns the object noun, not one sentence
-            result = run_episode(expert, task, seed, record=True, env=env, paraphrase=seed % 4,
+            result = run_episode(expert, task, seed, record=True, env=env,
+                                 paraphrase=demonstration_paraphrase(task, seed),
                                  max_steps=max_steps)
             if bar is not None:
                 bar.update(1)
@@ -232,8 +240,7 @@ def record_graph_episodes(graph, jobs: list[tuple[str, int]], bags_dir: Path, pr
         instruction = series.node.create_publisher(String, defaults.INSTRUCTION_TOPIC, reliable_qos(10))
         series.wait_matched(required, MATCH_TIMEOUT_S)
         for index, (task, seed) in enumerate(jobs):
-            # a paraphrase per seed, as in process: the policy learns the object noun, not one sentence
-            paraphrase = seed % 4
+            paraphrase = demonstration_paraphrase(task, seed)
             text = T.get_task(task).instructions[paraphrase]
             name = bag_name(index, task, seed)
             written.append(name)

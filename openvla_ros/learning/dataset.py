@@ -143,10 +143,21 @@ def load_statistics(directory: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def action_histogram_lines(actions: np.ndarray, names: list[str] | None = None, bins: int = 10) -> list[str]:
+    """One text line per action dimension: its name, range and a ``bins``-bin histogram."""
+    from openvla_ros.action_layout import dim_names
+
+    dims = actions.shape[1] if actions.size else 0
+    names = names or dim_names(dims)
+    lines = []
+    for i in range(dims):
+        counts, edges = np.histogram(actions[:, i], bins=bins)
+        lines.append(f'  {names[i]:>8s} [{edges[0]:+.4f}, {edges[-1]:+.4f}] ' + ' '.join(f'{c:4d}' for c in counts))
+    return lines
+
+
 def summary(directory: str | Path, bins: int = 10) -> str:
     """Episodes, lengths and per-dimension action histograms as text (``openvla-dataset info``)."""
-    from openvla_ros.action_layout import ACTION_DIM_NAMES
-
     episodes = list(iter_episodes(directory))
     if not episodes:
         raise DatasetError(f'{directory}: no episodes')
@@ -157,9 +168,5 @@ def summary(directory: str | Path, bins: int = 10) -> str:
              f'{episodes[0].images.shape[1:]}']
     for instruction in sorted({e.instruction for e in episodes}):
         lines.append(f'  {sum(e.instruction == instruction for e in episodes):4d} x {instruction!r}')
-    for i in range(actions.shape[1]):
-        counts, edges = np.histogram(actions[:, i], bins=bins)
-        bar = ' '.join(f'{c:4d}' for c in counts)
-        name = ACTION_DIM_NAMES[i] if i < len(ACTION_DIM_NAMES) else f'dim{i}'
-        lines.append(f'  {name:>8s} [{edges[0]:+.4f}, {edges[-1]:+.4f}] {bar}')
+    lines += action_histogram_lines(actions, bins=bins)
     return '\n'.join(lines)

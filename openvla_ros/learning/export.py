@@ -36,7 +36,7 @@ import numpy as np
 
 from openvla_ros.action_layout import dim_names
 from openvla_ros.learning.dataset import (EPISODES_DIR, INFO_FILE, STATISTICS_FILE, DatasetError,
-                                          iter_episodes)
+                                          action_histogram_lines, iter_episodes)
 
 CODEBASE_VERSION = 'v2.1'
 CHUNKS_SIZE = 1000                                   # episodes per data/chunk-NNN folder (LeRobot's)
@@ -283,10 +283,7 @@ def lerobot_summary(directory: str | Path, bins: int = 10) -> str:
     for key, ft in info['features'].items():
         names = f' {ft["names"]}' if ft.get('names') else ''
         lines.append(f'  feature {key}: {ft["dtype"]} {ft["shape"]}{names}')
-    names = info['features'].get('action', {}).get('names') or dim_names(actions.shape[1])
-    for i in range(actions.shape[1] if actions.size else 0):
-        counts, edges = np.histogram(actions[:, i], bins=bins)
-        lines.append(f'  {names[i]:>8s} [{edges[0]:+.4f}, {edges[-1]:+.4f}] ' + ' '.join(f'{c:4d}' for c in counts))
+    lines += action_histogram_lines(actions, info['features'].get('action', {}).get('names'), bins)
     if len(np.unique(episode_index)) != info['total_episodes'] or len(actions) != info['total_frames']:
         lines.append(f'  warning: the parquet files hold {len(actions)} frames of '
                      f'{len(np.unique(episode_index))} episodes, meta/info.json says '
