@@ -148,8 +148,8 @@ class SafetyController:
         self.target: Pose | None = None
         self.target_gripper: float | None = None
         self.last_action_stamp_s: float | None = None
-        # name -> (position, node time, steady time) of its newest finite measurement
-        # name -> (position, received on the node clock, on the steady clock, header stamp), s
+        # name -> its newest finite measurement: (position, received on the node clock, received on
+        # the steady clock, header stamp), s
         self._joints: dict[str, tuple[float, float | None, float | None, float | None]] = {}
         self._last_accepted_s: float | None = None
         self._last_accepted_steady_s: float | None = None

@@ -98,7 +98,8 @@ def training_init(grid: int, layers: int):
             return normal(1.0 / math.sqrt(math.prod(shape[1:])))
         if key.endswith('lm_head.weight'):
             # only the action tokens start as candidates, as in the engine's random model: the
-            # untrained policy then acts at random, and the loss starts on the 256 action bins
+            # untrained policy decodes action bins (not arbitrary text tokens clipped to the
+            # extreme bin), and the loss starts on the 256 action bins
             out = torch.zeros(shape)
             rows = ACTION_TOKEN_IDS
             out[rows] = torch.randn(rows.stop - rows.start, shape[1], generator=gen) * INIT_STD
