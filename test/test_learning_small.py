@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from openvla_ros.engine.tiny import ACTION_TOKEN_IDS
-from openvla_ros.learning.small import INIT_STD, make_small_checkpoint, sincos_2d
+from openvla_ros.learning.small import (INIT_STD, ORDINAL_DIMS, action_token_values, make_small_checkpoint,
+                                        sincos_2d)
 
 
 def _weights(path):
@@ -46,7 +47,18 @@ def test_small_checkpoint_patch_size_and_training_init(tmp_path, single_torch_th
     head = w['language_model.lm_head.weight']
     rows = list(ACTION_TOKEN_IDS)
     assert not head[:rows[0]].any() and not head[rows[-1] + 1:].any()
-    assert abs(float(head[rows].std()) - INIT_STD) < 0.002
+    k = ORDINAL_DIMS
+    assert abs(float(head[rows][:, 2 * k:].std()) - INIT_STD) < 0.002
+    # ordinal head: a hidden state with sums A, B over the two codes peaks at the bin A / B
+    values = action_token_values()
+    for wanted in (-0.7, 0.0, 0.31, 0.9):
+        hidden = torch.zeros(head.shape[1])
+        hidden[:k], hidden[k:2 * k] = 4.0 * wanted / k, 4.0 / k
+        best = float(values[int((head[rows] @ hidden).argmax())])
+        assert abs(best - wanted) < 0.02, (wanted, best)    # bfloat16 weights: ~2 bins
+    # the embeddings of the action tokens carry their value linearly
+    embed = w['language_model.model.embed_tokens.weight'][rows][:, 2 * k:3 * k].mean(1)
+    assert float(torch.corrcoef(torch.stack([embed, values]))[0, 1]) > 0.99
     assert abs(float(w['language_model.model.layers.0.self_attn.q_proj.weight'].std()) - INIT_STD) < 0.002
     # the engine loads it and decodes actions from the 256 action bins
     policy = load_policy(out, PolicyOptions(dtype='float32'))

@@ -3,6 +3,7 @@
   openvla-dataset build BAGS... --out DIR [--resume | --force] [--instruction TEXT] [--image-size N]
   openvla-dataset info DIR
   openvla-dataset export DIR --format lerobot --out OUT
+  openvla-dataset grounding --frames N --out DIR [--image-size N] [--seed S]
 
 ``build`` converts each bag (a bag directory with metadata.yaml, or a single .mcap) into one
 episode (or one per episode marker), labelled from the reached end-effector states, and writes the
@@ -12,7 +13,9 @@ the reason and the build goes on; the episodes written stay, and ``--resume`` co
 (bags already converted are skipped). ``--force`` replaces only what an earlier build wrote.
 
 ``export`` writes a dataset in the LeRobotDataset v2.1 layout (:mod:`openvla_ros.learning.export`)
-into a new or empty OUT; ``info`` summarises either kind of dataset.
+into a new or empty OUT; ``info`` summarises either kind of dataset. ``grounding`` renders
+labelled workcell scenes (:mod:`openvla_ros.learning.grounding`) into a new or empty OUT: the
+pre-training data of a small policy trained from scratch.
 
 Exit status: 0 every bag converted and the statistics written (export: written); 2 bad input (a
 bag failed, the statistics are degenerate, the output is refused, the input is not a dataset).
@@ -63,7 +66,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument('dataset', help='dataset directory (openvla-dataset build / openvla-collect)')
     e.add_argument('--format', default='lerobot', choices=['lerobot'], help='output format')
     e.add_argument('--out', required=True, help='directory to create (must not exist or be empty)')
+    g = sub.add_parser('grounding', help='render labelled workcell scenes: pre-training data for a small policy')
+    g.add_argument('--frames', type=int, required=True, help='scenes to render (one frame each)')
+    g.add_argument('--out', required=True, help='directory to create (must not exist or be empty)')
+    g.add_argument('--image-size', type=int, default=128, help='camera frames, N x N pixels')
+    g.add_argument('--seed', type=int, default=None, help='first scene seed (default: clear of the '
+                   'demonstration and evaluation seeds)')
     return parser
+
+
+def _grounding(args) -> int:
+    from openvla_ros.learning import grounding
+    from openvla_ros.learning.dataset import DatasetError
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(f'{out} exists and is not an empty directory (nothing was written)')
+    if args.frames < 1 or args.image_size < 1:
+        raise DatasetError(f'--frames and --image-size must be >= 1, got {args.frames}, {args.image_size}')
+    from tqdm import tqdm
+
+    with tqdm(total=args.frames, desc='grounding', unit='frame') as bar:
+        info = grounding.build_dataset(out, args.frames, args.image_size,
+                                       grounding.SEED_BASE if args.seed is None else args.seed,
+                                       progress=lambda n: bar.update(1))
+    print(f'{out}: {info["transitions"]} labelled frames of {info["episodes"]} objects '
+          f'(statistics key {grounding.GROUNDING_KEY})')
+    return EXIT_OK
 
 
 def info_text(directory, bins: int = 10) -> str:
@@ -116,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     prog = f'openvla-dataset {args.command}'
     try:
+        if args.command == 'grounding':
+            return _grounding(args)
         if args.command == 'export':
             from openvla_ros.learning.export import export
             info = export(args.dataset, args.out, args.format)

@@ -251,16 +251,19 @@ def sample_layout(task: Task, rng: np.random.Generator, radius: Callable[[str], 
 
 
 def reset_episode(sim: WorkcellSim, task: Task, seed: int, paraphrase: int | str | None = None,
-                  embodiment: Embodiment | None = None, time_s: float = 0.0) -> EpisodeStart:
+                  embodiment: Embodiment | None = None, time_s: float = 0.0,
+                  joint_positions: dict[str, float] | None = None) -> EpisodeStart:
     """Put ``sim`` into the seeded initial state of ``task``; returns the instruction to give.
 
     ``paraphrase``: None = the canonical instruction, an int = that entry of ``instructions``,
     'seeded' = one chosen by the seed. ``time_s``: the sim time after the reset (sim_node passes
-    its clock, which never jumps back; the state does not depend on it)."""
+    its clock, which never jumps back; the state does not depend on it). ``joint_positions``:
+    the arm's start instead of the embodiment's start pose."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f'seed must be a non-negative integer, got {seed!r}')
     rng = np.random.default_rng(int(seed))
-    sim.reset(joint_positions=start_joint_positions(sim, embodiment), time_s=time_s)
+    start = start_joint_positions(sim, embodiment) if joint_positions is None else joint_positions
+    sim.reset(joint_positions=start, time_s=time_s)
     radius = {b: sim.planar_radius(b) for b in task.placements}
     layout = sample_layout(task, rng, radius.__getitem__)
     for body, (x, y, yaw) in layout.items():

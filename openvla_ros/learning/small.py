@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from openvla_ros.engine.actions import bin_centers, tokens_to_normalized
 from openvla_ros.engine.config import tiny_config
 from openvla_ros.engine.tiny import ACTION_TOKEN_IDS, write_random_checkpoint
 
@@ -79,6 +80,42 @@ def sincos_2d(grid: int, dim: int) -> torch.Tensor:
     return torch.cat([code(rows), code(cols)], dim=1).float()
 
 
+# Width of each ordinal code (see ordinal_rows), in hidden channels, and its scale.
+ORDINAL_DIMS = 8
+ORDINAL_HEAD_GAIN = 0.5
+ORDINAL_EMBED_GAIN = 2 * INIT_STD
+
+
+def action_token_values() -> torch.Tensor:
+    """The normalised value in [-1, 1] that each of the 256 action tokens decodes to."""
+    ids = torch.arange(ACTION_TOKEN_IDS.start, ACTION_TOKEN_IDS.stop).numpy()
+    return torch.from_numpy(tokens_to_normalized(ids, ACTION_TOKEN_IDS.stop, bin_centers())).float()
+
+
+def ordinal_rows(weight: torch.Tensor, head: bool) -> torch.Tensor:
+    """The action-token rows of ``lm_head`` (``head``) or of the input embeddings, given an
+    ordinal start: the bins are neighbours in value, not 256 unrelated classes.
+
+    Head: channels ``[0, K)`` carry ``g * c`` and ``[K, 2K)`` carry ``-g * c^2 / 2`` for the bin
+    value ``c``, so the logits of a hidden state with sums ``A`` and ``B`` over those channels
+    are ``g (A c - B c^2 / 2)``: a discretised Gaussian with its mode at ``A / B``. The gradient
+    of the cross-entropy with respect to ``A`` is then ``g (E[c] - c_label)``, the gradient of
+    a regression, so an approximately right prediction is rewarded from the first step on
+    (with unrelated random rows, only the exact bin is, and the gradient to the image is
+    mostly noise). Embeddings: channels ``[2K, 3K)`` carry the value, so a preceding action
+    token's value is linearly readable. The other channels keep their random values; every
+    row stays trainable."""
+    c = action_token_values().unsqueeze(1)
+    k = ORDINAL_DIMS
+    rows = weight[ACTION_TOKEN_IDS.start:ACTION_TOKEN_IDS.stop]
+    if head:
+        rows[:, :k] = ORDINAL_HEAD_GAIN * c
+        rows[:, k:2 * k] = -ORDINAL_HEAD_GAIN * c * c / 2
+    else:
+        rows[:, 2 * k:3 * k] = ORDINAL_EMBED_GAIN * c
+    return weight
+
+
 def training_init(grid: int, layers: int):
     """``init(key, shape, generator)`` for :func:`write_random_checkpoint`: zero biases, unit
     norms and layer scales, N(0, 0.02) weights and embeddings (residual outputs scaled down by
@@ -99,11 +136,14 @@ def training_init(grid: int, layers: int):
         if key.endswith('lm_head.weight'):
             # only the action tokens start as candidates, as in the engine's random model: the
             # untrained policy decodes action bins (not arbitrary text tokens clipped to the
-            # extreme bin), and the loss starts on the 256 action bins
+            # extreme bin), and the loss starts on the 256 action bins; their rows start ordered
+            # by the bin's value (see ordinal_rows)
             out = torch.zeros(shape)
             rows = ACTION_TOKEN_IDS
             out[rows] = torch.randn(rows.stop - rows.start, shape[1], generator=gen) * INIT_STD
-            return out
+            return ordinal_rows(out, head=True)
+        if key.endswith('embed_tokens.weight'):
+            return ordinal_rows(normal(INIT_STD), head=False)
         if key.endswith(RESIDUAL_OUTPUTS):
             return normal(INIT_STD / math.sqrt(2 * layers))
         return normal(INIT_STD)
