@@ -50,5 +50,5 @@ def test_cli_writes_a_dataset_and_refuses_a_used_directory(tmp_path, capsys):
     assert info['transitions'] == 6 and info['image_shape'] == [48, 48, 3]
     before = sorted(p.name for p in out.rglob('*'))
     assert cli.main(['grounding', '--frames', '2', '--out', str(out)]) == 2
-    assert 'not an empty directory' in capsys.readouterr().err
+    assert 'exists and is not empty' in capsys.readouterr().err
     assert sorted(p.name for p in out.rglob('*')) == before

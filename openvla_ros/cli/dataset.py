@@ -80,8 +80,6 @@ def _grounding(args) -> int:
     from openvla_ros.learning.dataset import DatasetError
 
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DatasetError(f'{out} exists and is not an empty directory (nothing was written)')
     if args.frames < 1 or args.image_size < 1:
         raise DatasetError(f'--frames and --image-size must be >= 1, got {args.frames}, {args.image_size}')
     from tqdm import tqdm

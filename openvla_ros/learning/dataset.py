@@ -84,6 +84,15 @@ def compute_statistics(actions: np.ndarray, num_trajectories: int,
             'num_transitions': int(a.shape[0]), 'num_trajectories': int(num_trajectories)}
 
 
+def refuse_used_directory(out: Path) -> None:
+    """A tool writes a new dataset only into an absent or empty ``out``: never over a user's files."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f'{out}: exists and is not a directory (refusing to replace it)')
+    if out.is_dir() and any(out.iterdir()):
+        raise DatasetError(f'{out}: exists and is not empty (refusing to write into it; '
+                           'choose a new directory)')
+
+
 def _atomic_write_bytes(path: Path, write) -> None:
     tmp = path.with_name(path.name + '.partial')
     with open(tmp, 'wb') as fh:

@@ -36,7 +36,7 @@ import numpy as np
 
 from openvla_ros.action_layout import dim_names
 from openvla_ros.learning.dataset import (EPISODES_DIR, INFO_FILE, STATISTICS_FILE, DatasetError,
-                                          action_histogram_lines, iter_episodes)
+                                          action_histogram_lines, iter_episodes, refuse_used_directory)
 
 CODEBASE_VERSION = 'v2.1'
 CHUNKS_SIZE = 1000                                   # episodes per data/chunk-NNN folder (LeRobot's)
@@ -130,14 +130,6 @@ def _aggregate(stats: list[dict]) -> dict:
     return out
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f'{out}: exists and is not a directory (refusing to replace it)')
-    if out.is_dir() and any(out.iterdir()):
-        raise DatasetError(f'{out}: exists and is not empty (refusing to write into it; '
-                           'choose a new directory)')
-
-
 def export_lerobot(dataset: str | Path, out: str | Path, robot_type: str | None = None,
                    log=None) -> dict:
     """Write ``dataset`` (an ``openvla-dataset build`` / ``openvla-collect`` directory) to ``out``
@@ -148,7 +140,7 @@ def export_lerobot(dataset: str | Path, out: str | Path, robot_type: str | None 
     if not any((dataset / EPISODES_DIR).glob('episode_*.npz')):
         raise DatasetError(f'{dataset}: not a training dataset (no {EPISODES_DIR}/episode_*.npz; '
                            'build one with openvla-dataset build or openvla-collect)')
-    _check_out(out)
+    refuse_used_directory(out)
     pa, pq = _pyarrow()
     info_path = dataset / INFO_FILE
     source_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -220,7 +212,7 @@ def export_lerobot(dataset: str | Path, out: str | Path, robot_type: str | None 
         (tmp / SOURCE_INFO_FILE).write_text(json.dumps(source_info, indent=2))
         if (dataset / STATISTICS_FILE).is_file():
             shutil.copyfile(dataset / STATISTICS_FILE, tmp / STATISTICS_FILE)
-        _check_out(out)
+        refuse_used_directory(out)
         if out.is_dir():
             out.rmdir()                       # empty (checked): the rename needs the name free
         os.replace(tmp, out)

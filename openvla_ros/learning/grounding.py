@@ -52,7 +52,7 @@ class GroundingFrame:
     label: np.ndarray        # float [7], see the module docstring
 
 
-def _arm_pose(sim, ik, embodiment, rng: np.random.Generator, start: dict) -> dict | None:
+def _arm_pose(ik, embodiment, rng: np.random.Generator, start: dict) -> dict | None:
     """Joint positions for a random end-effector position in the start orientation (None when
     the IK does not reach it)."""
     from openvla_ros.control.geometry import Pose
@@ -70,8 +70,9 @@ def _arm_pose(sim, ik, embodiment, rng: np.random.Generator, start: dict) -> dic
 
 
 def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, progress=None):
-    """Yield ``n_frames`` labelled :class:`GroundingFrame` s, one scene each (scene seed
-    ``seed + i``), with the object named chosen at random."""
+    """Yield ``n_frames`` labelled :class:`GroundingFrame` s, one scene each, with the object
+    named chosen at random. Scene seeds count up from ``seed``, one per arm pose tried (a pose
+    the IK does not reach uses up its seed)."""
     from openvla_ros.control.kinematics import ArmKinematics
     from openvla_ros.sim.workcell import WorkcellSim
 
@@ -86,7 +87,7 @@ def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, p
         while made < n_frames:
             rng = np.random.default_rng(scene)
             scene += 1
-            joints = _arm_pose(sim, ik, embodiment, rng, start)
+            joints = _arm_pose(ik, embodiment, rng, start)
             if joints is None:
                 continue
             T.reset_episode(sim, task, int(rng.integers(2**31)), embodiment=embodiment,
@@ -107,9 +108,10 @@ def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: i
                   progress=None) -> dict:
     """Write a grounding dataset (``openvla-dataset`` layout, statistics key
     :data:`GROUNDING_KEY`): one episode per object noun, its frames in render order."""
-    from .dataset import Episode, finish_dataset, write_episode
+    from .dataset import Episode, finish_dataset, refuse_used_directory, write_episode
 
     out = Path(out)
+    refuse_used_directory(out)
     by_noun: dict[str, tuple[list, list]] = {n: ([], []) for n in NOUNS}
     for frame in render_frames(n_frames, image_size, seed, progress):
         images, labels = by_noun[frame.noun]
