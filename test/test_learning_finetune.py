@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from openvla_ros.engine.policy import PolicyOptions, load_policy
 from openvla_ros.learning.dataset import Episode, finish_dataset, write_episode
-from openvla_ros.learning.finetune import (FinetuneError, TrainConfig, action_token_ids,
-                                           normalize_actions, train)
+from openvla_ros.learning.finetune import (FinetuneError, SharedRows, TrainConfig, action_loss,
+                                           action_token_ids, label_token_ids, normalize_actions,
+                                           train)
 from openvla_ros.learning.small import make_small_checkpoint
 
 IMAGE = 28
@@ -64,3 +66,51 @@ def test_lora_refuses_a_dataset_with_another_action_dimension(checkpoint, tmp_pa
     data = _dataset(tmp_path / 'data8', dim=8)
     with pytest.raises(FinetuneError, match='7.*-D actions, the dataset has 8-D'):
         train(checkpoint, data, tmp_path / 'c', TrainConfig(steps=1, mode='lora'), progress=False)
+
+
+def _batch(policy, n=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    size = policy.config.image_sizes[0]
+    pixels = torch.randn(n, 6, size, size, generator=gen)
+    ids = torch.randint(100, 5000, (n, 12), generator=gen)
+    labels = torch.full_like(ids, -100)
+    labels[:, 4:11] = torch.randint(31744, 32000, (n, 7), generator=gen)
+    labels[:, 11] = 2
+    return pixels, ids, labels
+
+
+def test_equal_head_rows_projected_once_give_the_full_loss_and_gradients(checkpoint):
+    """The small model's equal lm_head rows (every token that is never a label) are projected
+    once: same loss, accuracy and, after spread_grad, the same gradient as over the whole
+    vocabulary; an AdamW step keeps the rows equal. A head whose rows differ is not collapsed."""
+    torch.manual_seed(0)
+    policy = load_policy(checkpoint, PolicyOptions(dtype='float32'))
+    model = policy.model
+    for p in model.parameters():
+        p.requires_grad_(True)
+    head = model.language_model.lm_head
+    with torch.no_grad():   # trained-looking label rows, so the accuracy is not trivially 0
+        head.weight[31744:32000] += torch.randn(256, head.weight.shape[1]) * 0.5
+    shared = SharedRows.detect(head.weight, label_token_ids(policy.config))
+    assert shared is not None and len(shared.shared) == head.weight.shape[0] - 257
+    batch = _batch(policy)
+    grads, results = [], []
+    for rows in (None, shared):
+        model.zero_grad()
+        loss, acc = action_loss(model, *batch, 7, rows)
+        loss.backward()
+        if rows is not None:
+            rows.spread_grad(head.weight)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        results.append((float(loss.detach()), float(acc)))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert results[0][1] == results[1][1]
+    assert grads[0].keys() == grads[1].keys()
+    for name, full in grads[0].items():   # to float32 rounding of another summation order
+        assert float((grads[1][name] - full).norm()) <= 1e-4 * float(full.norm()) + 1e-9, name
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    optimizer.step()
+    assert SharedRows.detect(head.weight, label_token_ids(policy.config)) is not None
+    with torch.no_grad():
+        head.weight[5, 0] += 1.0
+    assert SharedRows.detect(head.weight, label_token_ids(policy.config)) is None

@@ -173,19 +173,99 @@ def sequence_logits(model, pixel_values: torch.Tensor, input_ids: torch.Tensor) 
     return model.language_model.lm_head(sequence_hidden(model, pixel_values, input_ids)).float()
 
 
-def action_loss(model, pixel_values, input_ids, labels, action_dim: int):
+class SharedRows:
+    """``lm_head`` rows that are all equal, projected once.
+
+    A small model starts with every ``lm_head`` row outside the action tokens equal (zero, see
+    :func:`openvla_ros.learning.small.training_init`), and those rows never appear as labels, so
+    each gets the same gradient, the same AdamW update, and stays equal to the others. The
+    cross-entropy over the whole vocabulary then equals the one over the label rows plus one
+    shared row whose logit counts ``count`` times (``+ log count``): the same loss and, with
+    :meth:`spread_grad` after the backward pass, the same gradients, without projecting onto and
+    normalising over 31 808 equal columns at every labelled position (more than half of a small
+    model's training step). :meth:`detect` returns None for any checkpoint whose rows differ (a
+    pre-trained one), which then trains over the full projection."""
+
+    def __init__(self, keep: torch.Tensor, shared: torch.Tensor):
+        self.keep = keep                     # row ids that can be labels, projected one by one
+        self.shared = shared                 # the other row ids, all equal
+        self.first = int(shared[0])
+        self.log_count = math.log(len(shared))
+        self._to_compact = None
+
+    @classmethod
+    def detect(cls, weight: torch.Tensor, label_ids) -> 'SharedRows | None':
+        vocab = weight.shape[0]
+        keep = torch.tensor(sorted(set(int(i) for i in label_ids)), dtype=torch.long)
+        mask = torch.ones(vocab, dtype=torch.bool)
+        mask[keep] = False
+        shared = torch.nonzero(mask).flatten()
+        if len(shared) < 2:
+            return None
+        with torch.no_grad():
+            rows = weight.detach()[shared]
+            if not bool((rows == rows[:1]).all()):
+                return None
+        return cls(keep, shared)
+
+    def logits(self, head_weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """[n, len(keep) + 1] logits: the label rows, then the shared row with its count."""
+        keep = self.keep.to(hidden.device)
+        rows = torch.cat([head_weight[keep], head_weight[self.first:self.first + 1]])
+        out = (hidden @ rows.t().to(hidden.dtype)).float()
+        return torch.cat([out[:, :-1], out[:, -1:] + self.log_count], dim=1)
+
+    def compact_labels(self, wanted: torch.Tensor) -> torch.Tensor:
+        if self._to_compact is None or self._to_compact.device != wanted.device:
+            table = torch.full((int(self.keep.max()) + 1,), -1, dtype=torch.long)
+            table[self.keep] = torch.arange(len(self.keep))
+            self._to_compact = table.to(wanted.device)
+        return self._to_compact[wanted]
+
+    @torch.no_grad()
+    def spread_grad(self, head_weight: torch.Tensor) -> None:
+        """After backward: the shared row's gradient (for all of them together) split equally
+        over every shared row, as the full projection gives it."""
+        grad = head_weight.grad
+        if grad is None:
+            return
+        share = grad[self.first] / len(self.shared)
+        grad[self.shared.to(grad.device)] = share
+
+
+def label_token_ids(config) -> list[int]:
+    """Every token id a training label can hold: the action bins and EOS."""
+    return [EOS_TOKEN_ID, *range(config.action_vocab_size - config.n_action_bins, config.action_vocab_size)]
+
+
+def action_loss(model, pixel_values, input_ids, labels, action_dim: int,
+                shared: SharedRows | None = None):
     """Upstream's loss: mean next-token cross-entropy over the labelled (action + EOS) positions.
     The vocabulary projection is applied at those positions only: the prompt positions carry no
-    loss, so the result is the same as projecting every position, at a fraction of the cost."""
+    loss, so the result is the same as projecting every position, at a fraction of the cost.
+    ``shared``: the equal rows of ``lm_head`` projected once (:class:`SharedRows`)."""
     hidden = sequence_hidden(model, pixel_values, input_ids)[:, :-1]
     target = labels[:, 1:]
     valid = target != IGNORE_INDEX
-    logits = model.language_model.lm_head(hidden[valid]).float()
     wanted = target[valid]
-    loss = F.cross_entropy(logits, wanted)
+    head = model.language_model.lm_head
+    if shared is None:
+        logits = head(hidden[valid]).float()
+        predicted = logits.argmax(-1)
+        loss = F.cross_entropy(logits, wanted)
+    else:
+        logits = shared.logits(head.weight, hidden[valid])
+        wanted_compact = shared.compact_labels(wanted)
+        loss = F.cross_entropy(logits, wanted_compact)
+        # the argmax of the full projection: a label row, or (any) shared row when the shared
+        # logit, counted once, is the highest
+        best = logits[:, :-1].max(-1)
+        shared_wins = (logits[:, -1] - shared.log_count) > best.values
+        predicted = torch.where(shared_wins, torch.full_like(best.indices, shared.first),
+                                shared.keep.to(best.indices.device)[best.indices])
     # accuracy over the action tokens only (EOS, the last target of each row, excluded)
     is_action = wanted != EOS_TOKEN_ID
-    correct = ((logits.argmax(-1) == wanted) & is_action).sum()
+    correct = ((predicted == wanted) & is_action).sum()
     return loss, correct.float() / is_action.sum().clamp(min=1)
 
 
@@ -240,7 +320,7 @@ def split_indices(samples: Samples, fraction: float, seed: int) -> tuple[np.ndar
 
 @torch.no_grad()
 def evaluate(model, samples: Samples, indices: np.ndarray, batch_size: int,
-             loss_module=None) -> dict:
+             loss_module=None, shared: SharedRows | None = None) -> dict:
     """Held-out loss and accuracy; ``loss_module`` (an FSDP-sharded
     :class:`~openvla_ros.learning.distributed.LossModule`) instead of ``model`` when the weights
     are gathered only inside its forward."""
@@ -252,7 +332,7 @@ def evaluate(model, samples: Samples, indices: np.ndarray, batch_size: int,
         if loss_module is not None:
             loss, acc = loss_module(*samples.batch(chunk))
         else:
-            loss, acc = action_loss(model, *samples.batch(chunk), samples.action_dim)
+            loss, acc = action_loss(model, *samples.batch(chunk), samples.action_dim, shared)
         losses.append(float(loss)), accs.append(float(acc)), weights.append(len(chunk))
     w = np.asarray(weights, dtype=float)
     return {'loss': float(np.dot(losses, w) / w.sum()), 'accuracy': float(np.dot(accs, w) / w.sum())}
@@ -325,10 +405,14 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
         raise FinetuneError(f'a micro-batch of {per_draw} samples cannot be shared by '
                             f'{world.size} processes (--batch-size is summed over the processes)')
     strategy = config.distributed
+    head = policy.model.language_model.lm_head
+    # FSDP shards the head's weight: the equal-row projection needs it whole
+    shared = (None if world.distributed and strategy == 'fsdp'
+              else SharedRows.detect(head.weight, label_token_ids(policy.config)))
     wrapped = None
     if world.distributed:
         dim = samples.action_dim
-        wrapped = dist.wrap(model, lambda m, *b: action_loss(m, *b, dim), world, strategy)
+        wrapped = dist.wrap(model, lambda m, *b: action_loss(m, *b, dim, shared), world, strategy)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
@@ -365,7 +449,7 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
 
     def record_held_out() -> None:
         model.eval()
-        held = evaluate(model, samples, held_idx, config.batch_size, eval_module)
+        held = evaluate(model, samples, held_idx, config.batch_size, eval_module, shared)
         model.train()
         if held:
             history['heldout'].append({'step': step, **held})
@@ -399,7 +483,7 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
             pixels = shift_images(pixels, config.augment_shift_px, augment)
             if not world.distributed:
                 with autocast:
-                    loss, acc = action_loss(model, pixels, ids, labels, samples.action_dim)
+                    loss, acc = action_loss(model, pixels, ids, labels, samples.action_dim, shared)
                 (loss / config.grad_accumulation).backward()
                 total_loss += float(loss.detach()) / config.grad_accumulation
                 total_acc += float(acc) / config.grad_accumulation
@@ -415,6 +499,8 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
             total_acc += float(acc) * weight / config.grad_accumulation
         if world.distributed:
             total_loss, total_acc = world.sum([total_loss, total_acc])
+        if shared is not None:
+            shared.spread_grad(head.weight)
         optimizer.step()
         step += 1
         history['train'].append({'step': step, 'loss': total_loss, 'accuracy': total_acc})
