@@ -55,6 +55,28 @@ def test_reset_is_seeded_and_varies_with_the_seed(env):
         T.reset_episode(env.sim, task, -1)
 
 
+def test_jittered_start_is_seeded_bounded_and_keeps_the_layout(env):
+    """Demonstrations may start away from the start pose: the end effector within the jitter
+    (half of it vertically), in the start orientation, the same for the same seed, and the
+    seed's object layout unchanged; the expert still succeeds from there."""
+    task = T.TASKS['reach_red_block']
+    e = env.embodiment
+    plain = run_episode(ExpertPolicy(), task, 3, env=env)
+    starts = []
+    for seed in (3, 3, 4):
+        result = run_episode(ExpertPolicy(), task, seed, env=env, start_jitter_m=0.06)
+        assert result.success
+        offset = result.ee_positions[0] - e.start_pose.position
+        assert np.all(np.abs(offset) <= [0.06 + 2e-3, 0.06 + 2e-3, 0.03 + 2e-3]), offset
+        np.testing.assert_allclose(result.ee_rotations[0], e.start_pose.rotation, atol=0.02)
+        starts.append(result.ee_positions[0])
+    np.testing.assert_allclose(starts[0], starts[1])
+    assert np.linalg.norm(starts[0] - starts[2]) > 1e-3
+    assert np.linalg.norm(starts[0] - plain.ee_positions[0]) > 1e-3
+    layout = T.reset_episode(env.sim, task, 3).object_poses
+    assert env.reset(task, 3, start_jitter_m=0.06).object_poses == layout
+
+
 def test_paraphrases_are_selectable(env):
     task = T.TASKS['spoon_on_towel']
     assert T.reset_episode(env.sim, task, 0).instruction == task.instruction

@@ -21,13 +21,13 @@ def checkpoint(tmp_path_factory):
     return make_small_checkpoint(tmp_path_factory.mktemp('init'), image_size=IMAGE)
 
 
-def _dataset(directory, dim=7):
+def _dataset(directory, dim=7, key=None):
     rng = np.random.default_rng(0)
     for i, colour in enumerate(([255, 0, 0], [0, 0, 255])):
         images = np.broadcast_to(np.array(colour, np.uint8), (4, IMAGE, IMAGE, 3)).copy()
         actions = np.column_stack([rng.normal(0, 0.01, (4, dim - 1)), np.full(4, i % 2)])
         write_episode(directory, i, Episode(images, actions, f'reach the block {i}', f'ep {i}'))
-    finish_dataset(directory)
+    finish_dataset(directory, *([key] if key else []))
     return directory
 
 
@@ -114,3 +114,21 @@ def test_equal_head_rows_projected_once_give_the_full_loss_and_gradients(checkpo
     with torch.no_grad():
         head.weight[5, 0] += 1.0
     assert SharedRows.detect(head.weight, label_token_ids(policy.config)) is None
+
+
+def test_a_mixed_in_dataset_joins_every_batch_with_its_own_statistics(checkpoint, tmp_path):
+    data = _dataset(tmp_path / 'data')
+    other = _dataset(tmp_path / 'other', key='sim_grounding')
+    cfg = dict(batch_size=4, learning_rate=3e-3, holdout_fraction=0.0, eval_every=4, save_every=4,
+               threads=2)
+    history = train(checkpoint, data, tmp_path / 'm', TrainConfig(steps=4, mix_dataset=str(other),
+                                                                 mix_fraction=0.5, **cfg), progress=False)
+    assert history['train'][-1]['loss'] < history['train'][0]['loss']
+    stats = json.loads((tmp_path / 'm' / 'checkpoint' / 'dataset_statistics.json').read_text())
+    assert list(stats) == ['sim_widowx']          # the export carries the training dataset's key
+    with pytest.raises(FinetuneError, match='statistics key'):
+        train(checkpoint, data, tmp_path / 'n', TrainConfig(steps=1, mix_dataset=str(data),
+                                                            mix_fraction=0.5, **cfg), progress=False)
+    with pytest.raises(FinetuneError, match='fraction'):
+        train(checkpoint, data, tmp_path / 'o', TrainConfig(steps=1, mix_dataset=str(other), **cfg),
+              progress=False)

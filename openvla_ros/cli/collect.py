@@ -37,6 +37,9 @@ from pathlib import Path
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+MAX_START_JITTER_M = 0.1                     # m: beyond it many starts leave the workspace
+
+
 class CollectError(Exception):
     """Bad input to openvla-collect: one line on stderr, exit status 2."""
 
@@ -56,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--out', required=True, help='dataset directory to create')
     parser.add_argument('--image-size', type=int, default=56, help='camera frames of N x N pixels (default 56)')
     parser.add_argument('--max-steps', type=int, help="end each episode after N steps (default: the task's)")
+    parser.add_argument('--start-jitter-m', type=float, default=0.0, metavar='M',
+                        help='in process: start each demonstration with the end effector moved from the start pose '
+                             'by a seeded offset of up to M metres along x and y (M/2 along z), so the demonstrations '
+                             'cover more of the workspace than lines from one start (default 0: the start pose)')
     parser.add_argument('--include-failed', action='store_true', help='keep demonstrations that did not succeed')
     parser.add_argument('--force', action='store_true',
                         help='replace a dataset an earlier openvla-collect wrote in --out (never other files)')
@@ -168,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             _prepare_bags(bags, args.force, inside_out=False)
         _prepare_out(out, args.force)
         seeds = list(range(args.seed, args.seed + args.episodes))
+        if not 0.0 <= args.start_jitter_m <= MAX_START_JITTER_M:
+            raise CollectError(f'--start-jitter-m must be in [0, {MAX_START_JITTER_M}] m, got {args.start_jitter_m}')
+        if args.graph and args.start_jitter_m:
+            raise CollectError('--start-jitter-m is for the in-process collection: through the graph the arm '
+                               'starts where sim_node resets it')
         if args.graph:
             info = _collect_graph(args, tasks, seeds, out, bags)
             if info is None:
@@ -177,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
             info = collect_in_process(tasks, seeds, out, image_size=args.image_size, progress=not args.no_progress,
                                       only_successful=not args.include_failed, max_steps=args.max_steps,
-                                      layouts=args.layouts)
+                                      layouts=args.layouts, start_jitter_m=args.start_jitter_m)
     except (CollectError, DatasetError) as exc:
         print(f'openvla-collect: error: {exc}', file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ViT patch size of the fresh small model (--small; default upstream's 14)")
     p.add_argument('--dataset', type=Path, required=True, help='dataset directory (openvla-dataset build)')
     p.add_argument('--out', type=Path, required=True, help='output directory')
+    p.add_argument('--mix-dataset', type=Path, default=None, metavar='DIR',
+                   help='a second dataset with its own statistics key (e.g. openvla-dataset grounding scenes) '
+                        'drawn into every batch; held-out figures and the export are the --dataset\'s')
+    p.add_argument('--mix-fraction', type=float, default=d.mix_fraction,
+                   help='share of each batch drawn from --mix-dataset')
     p.add_argument('--mode', choices=MODES, default=d.mode,
                    help='full fine-tune, LoRA (peft, every linear layer but lm_head) or QLoRA '
                         '(4-bit base, CUDA only)')
@@ -119,7 +124,9 @@ def _run(args, world) -> int:
         threads=args.threads, dataset_key=args.dataset_key, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, augment_shift_px=args.augment_shift_px,
         time_limit_s=None if args.time_limit_min is None else args.time_limit_min * 60.0,
-        distributed=args.distributed, export_dtype=args.export_dtype)
+        distributed=args.distributed, export_dtype=args.export_dtype,
+        mix_dataset=None if args.mix_dataset is None else str(args.mix_dataset),
+        mix_fraction=args.mix_fraction)
     try:
         history = train(checkpoint, args.dataset, args.out, config, resume=args.resume,
                         progress=not args.no_progress)

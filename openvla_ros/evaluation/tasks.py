@@ -229,6 +229,46 @@ def start_joint_positions(sim: WorkcellSim, embodiment: Embodiment | None = None
     return dict(_START[key])
 
 
+def joints_at(kinematics, embodiment: Embodiment, position, start: dict[str, float]) -> dict[str, float] | None:
+    """Joint positions that put the end-effector site at ``position`` (base frame, m) in the
+    start orientation, with the gripper as in ``start``; None when the IK does not reach it."""
+    from openvla_ros.control.geometry import Pose
+
+    result = kinematics.solve(Pose(np.asarray(position, dtype=float), embodiment.start_pose.rotation),
+                              [start[j] for j in embodiment.arm_joints])
+    if not result.success:
+        return None
+    joints = dict(start)
+    joints.update(zip(embodiment.arm_joints, result.joint_positions.tolist()))
+    return joints
+
+
+# a jittered start moves the end effector by at most this fraction of the jitter vertically
+START_JITTER_Z_FRACTION = 0.5
+_START_JITTER_TRIES = 20
+
+
+def jittered_start(sim: WorkcellSim, kinematics, seed: int, jitter_m: float,
+                   embodiment: Embodiment | None = None) -> dict[str, float]:
+    """The episode's start joints with the end effector moved from the start pose by a seeded
+    offset, uniform in ``[-jitter_m, jitter_m]`` along x and y and half that along z, in the start
+    orientation (demonstrations that start from many places, so a policy learns to act from where
+    the arm is, not along the same lines every time). The offset comes from a stream of its own
+    (the seed's layout stays the same); a draw the IK does not reach is drawn again, and after
+    :data:`_START_JITTER_TRIES` the start pose itself is used."""
+    e = embodiment or _embodiment()
+    start = start_joint_positions(sim, e)
+    if jitter_m <= 0:
+        return start
+    rng = np.random.default_rng([int(seed), 1])
+    scale = np.array([1.0, 1.0, START_JITTER_Z_FRACTION]) * jitter_m
+    for _ in range(_START_JITTER_TRIES):
+        joints = joints_at(kinematics, e, e.start_pose.position + rng.uniform(-scale, scale), start)
+        if joints is not None:
+            return joints
+    return start
+
+
 def sample_layout(task: Task, rng: np.random.Generator, radius: Callable[[str], float]) -> dict:
     """Planar (x, y, yaw) per body, no two footprints closer than OBJECT_GAP_M. A body that finds
     no free place restarts the whole layout (from the same generator, so still seeded)."""
@@ -282,5 +322,5 @@ def reset_episode(sim: WorkcellSim, task: Task, seed: int, paraphrase: int | str
 
 
 __all__ = ['Task', 'Placement', 'TASKS', 'REACH_TASKS', 'get_task', 'reset_episode', 'EpisodeStart', 'Observation',
-           'observe',
+           'observe', 'joints_at', 'jittered_start',
            'UnknownTaskError', 'gripper_point', 'grasp_point', 'top_z', 'on_support', 'start_joint_positions']

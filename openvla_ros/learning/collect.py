@@ -78,7 +78,7 @@ def _seed_span(jobs: list[tuple[str, int]]) -> list[int]:
 def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
                        image_size: int = 56, progress: bool = True,
                        only_successful: bool = True, max_steps: int | None = None,
-                       layouts: str = 'shared') -> dict:
+                       layouts: str = 'shared', start_jitter_m: float = 0.0) -> dict:
     from openvla_ros.evaluation.policies import ExpertPolicy
     from openvla_ros.evaluation.runner import EpisodeEnv, run_episode
 
@@ -95,7 +95,7 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
         for task, seed in jobs:
             result = run_episode(expert, task, seed, record=True, env=env,
                                  paraphrase=demonstration_paraphrase(task, seed),
-                                 max_steps=max_steps)
+                                 max_steps=max_steps, start_jitter_m=start_jitter_m)
             if bar is not None:
                 bar.update(1)
             if only_successful and not result.success:
@@ -115,7 +115,8 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
             bar.close()
     return finish_dataset(out, extra_info={'idle_steps_dropped': idle,
                                            'failed_demonstrations': failed,
-                                           'tasks': tasks, 'seeds': _seed_span(jobs), 'layouts': layouts})
+                                           'tasks': tasks, 'seeds': _seed_span(jobs), 'layouts': layouts,
+                                           'start_jitter_m': start_jitter_m})
 
 
 # ---------------------------------------------------------------- through the ROS graph
@@ -254,7 +255,7 @@ def record_graph_episodes(graph, jobs: list[tuple[str, int]], bags_dir: Path, pr
                                  p.counts.get(defaults.INSTRUCTION_TOPIC, 0) >= 1, RECORD_SETTLE_TIMEOUT_S):
                     raise RuntimeError(f'{name}: the recorder did not get the start marker and the instruction')
                 result = graph.run_episode(expert, task, seed, paraphrase=paraphrase, instruction=text,
-                                           max_steps=max_steps)
+                                           max_steps=max_steps, start_jitter_m=start_jitter_m)
                 if not done.wait(_episode_recorded(result.steps), RECORD_SETTLE_TIMEOUT_S):
                     log(f'warning: {name}: the recorder did not get the last state within '
                         f'{RECORD_SETTLE_TIMEOUT_S:.0f} s ({done.counts})')

@@ -76,6 +76,8 @@ class TrainConfig:
     time_limit_s: float | None = None     # stop (and export) once training has run this long
     distributed: str = 'ddp'              # under torchrun: 'ddp', or 'fsdp' (full fine-tunes)
     export_dtype: str = 'bfloat16'        # weights of the exported checkpoint
+    mix_dataset: str | None = None        # a second dataset (own statistics key) drawn into every batch
+    mix_fraction: float = 0.0             # its share of each micro-batch
     extra: dict = field(default_factory=dict)
 
 
@@ -132,19 +134,24 @@ class Samples:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, indices, mix: tuple['Samples', list] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """pixel_values, input_ids (right-padded: attention is causal, so padding after the
-        targets never reaches them) and labels (IGNORE_INDEX except action tokens + EOS)."""
-        seqs = [self.prompts[i] + self.targets[i] for i in indices]
+        targets never reaches them) and labels (IGNORE_INDEX except action tokens + EOS).
+        ``mix``: (other samples, their indices) appended to the batch."""
+        rows = [(self, i) for i in indices] + ([(mix[0], i) for i in mix[1]] if mix else [])
+        seqs = [src.prompts[i] + src.targets[i] for src, i in rows]
         length = max(map(len, seqs))
         ids = torch.full((len(seqs), length), self.pad_id, dtype=torch.long)
         labels = torch.full((len(seqs), length), IGNORE_INDEX, dtype=torch.long)
-        for row, (i, seq) in enumerate(zip(indices, seqs)):
+        for row, ((src, i), seq) in enumerate(zip(rows, seqs)):
             ids[row, :len(seq)] = torch.tensor(seq)
-            start = len(self.prompts[i])
-            labels[row, start:len(seq)] = torch.tensor(self.targets[i])
-        return (self.pixels[list(indices)].to(self.device), ids.to(self.device),
-                labels.to(self.device))
+            start = len(src.prompts[i])
+            labels[row, start:len(seq)] = torch.tensor(src.targets[i])
+        pixels = self.pixels[list(indices)]
+        if mix:
+            pixels = torch.cat([pixels, mix[0].pixels[list(mix[1])]])
+        return pixels.to(self.device), ids.to(self.device), labels.to(self.device)
 
 
 def sequence_hidden(model, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -366,6 +373,9 @@ def train(checkpoint: str | Path, dataset_dir: str | Path, out_dir: str | Path,
     if config.export_dtype not in EXPORT_DTYPES:
         raise FinetuneError(f'unknown export dtype {config.export_dtype!r}; choose one of '
                             f'{sorted(EXPORT_DTYPES)}')
+    if not 0.0 <= config.mix_fraction < 1.0 or (config.mix_fraction > 0) != bool(config.mix_dataset):
+        raise FinetuneError('a mixed-in dataset needs a fraction in (0, 1) of each batch, and a '
+                            f'fraction needs the dataset (got {config.mix_dataset!r}, {config.mix_fraction})')
     if config.mode == 'qlora' and not torch.cuda.is_available():
         raise FinetuneError('qlora needs a CUDA GPU: its base model is quantised to 4 bits by '
                             "bitsandbytes, whose kernels run on CUDA only; on this machine use "
@@ -390,6 +400,14 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
     policy = load_policy(checkpoint, options)
     model = policy.model
     samples = Samples(policy, Path(dataset_dir), config.dataset_key)
+    mixed = Samples(policy, Path(config.mix_dataset), None) if config.mix_dataset else None
+    if mixed is not None:
+        if mixed.key == samples.key:
+            raise FinetuneError(f'the mixed-in dataset {config.mix_dataset} has the statistics key '
+                                f'{mixed.key!r} of the training dataset: give it its own')
+        if mixed.action_dim != samples.action_dim:
+            raise FinetuneError(f'the mixed-in dataset has {mixed.action_dim}-D actions, the '
+                                f'dataset {samples.action_dim}-D')
     ckpt_dims = {k: len(v['action']['q01']) for k, v in policy.norm_stats.items()}
     if config.mode != 'full' and samples.action_dim not in ckpt_dims.values():
         raise FinetuneError(f'the checkpoint predicts {sorted(set(ckpt_dims.values()))}-D actions, '
@@ -478,8 +496,10 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
         optimizer.zero_grad(set_to_none=True)
         total_loss = total_acc = 0.0
         for micro in range(config.grad_accumulation):
-            chunk = rng.choice(train_idx, size=min(config.batch_size, len(train_idx)), replace=False)
-            pixels, ids, labels = samples.batch(chunk)
+            n_mix = int(round(config.batch_size * config.mix_fraction)) if mixed is not None else 0
+            chunk = rng.choice(train_idx, size=min(config.batch_size - n_mix, len(train_idx)), replace=False)
+            extra = (mixed, rng.choice(len(mixed), size=min(n_mix, len(mixed)), replace=False)) if n_mix else None
+            pixels, ids, labels = samples.batch(chunk, extra)
             pixels = shift_images(pixels, config.augment_shift_px, augment)
             if not world.distributed:
                 with autocast:

@@ -53,18 +53,12 @@ class GroundingFrame:
 
 
 def _arm_pose(ik, embodiment, rng: np.random.Generator, start: dict) -> dict | None:
-    """Joint positions for a random end-effector position in the start orientation (None when
-    the IK does not reach it)."""
-    from openvla_ros.control.geometry import Pose
-
-    target = Pose(np.array([rng.uniform(*EE_X_M), rng.uniform(*EE_Y_M), rng.uniform(*EE_Z_M)]),
-                  embodiment.start_pose.rotation)
-    result = ik.solve(target, [start[j] for j in embodiment.arm_joints])
-    if not result.success:
-        return None
-    joints = dict(zip(embodiment.arm_joints, result.joint_positions.tolist()))
+    """Joint positions for a random end-effector position in the start orientation and a random
+    gripper opening (None when the IK does not reach it)."""
+    position = [rng.uniform(*EE_X_M), rng.uniform(*EE_Y_M), rng.uniform(*EE_Z_M)]
+    joints = T.joints_at(ik, embodiment, position, start)
     g = embodiment.gripper
-    if g is not None:
+    if joints is not None and g is not None:
         joints[g.joint] = g.position_m(float(rng.uniform(0.0, 1.0)))
     return joints
 
