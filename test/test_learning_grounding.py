@@ -36,6 +36,14 @@ def test_frames_are_labelled_from_the_scene_they_show():
     np.testing.assert_allclose(again[1].label, frames[1].label)
     with WorkcellSim() as sim:                 # the labels use the tasks' own points
         assert set(G.NOUNS.values()) <= set(sim.object_names) | {T.TOWEL}
+    # every object named in one scene: one image, a label per noun, the same arm in each
+    scene = list(G.render_frames(1, image_size=64, seed=123, nouns_per_scene=len(G.NOUNS)))
+    assert sorted(f.noun for f in scene) == sorted(G.NOUNS)
+    assert all(f.image is scene[0].image for f in scene)
+    tip_x = {round(float(f.label[5]), 9) for f in scene}
+    assert len(tip_x) == 1 and len({tuple(f.label[3:5]) for f in scene}) == len(G.NOUNS)
+    with pytest.raises(ValueError, match='nouns_per_scene'):
+        next(G.render_frames(1, nouns_per_scene=len(G.NOUNS) + 1))
 
 
 def test_cli_writes_a_dataset_and_refuses_a_used_directory(tmp_path, capsys):

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--image-size', type=int, default=128, help='camera frames, N x N pixels')
     g.add_argument('--seed', type=int, default=None, help='first scene seed (default: clear of the '
                    'demonstration and evaluation seeds)')
+    g.add_argument('--nouns-per-scene', type=int, default=1, metavar='K',
+                   help='label each scene for K different objects (K samples of the same image that only '
+                        'the instruction tells apart; at most the number of objects)')
     return parser
 
 
@@ -82,12 +85,15 @@ def _grounding(args) -> int:
     out = Path(args.out)
     if args.frames < 1 or args.image_size < 1:
         raise DatasetError(f'--frames and --image-size must be >= 1, got {args.frames}, {args.image_size}')
+    if not 1 <= args.nouns_per_scene <= len(grounding.NOUNS):
+        raise DatasetError(f'--nouns-per-scene must be in [1, {len(grounding.NOUNS)}], got {args.nouns_per_scene}')
     from tqdm import tqdm
 
     with tqdm(total=args.frames, desc='grounding', unit='frame') as bar:
         info = grounding.build_dataset(out, args.frames, args.image_size,
                                        grounding.SEED_BASE if args.seed is None else args.seed,
-                                       progress=lambda n: bar.update(1))
+                                       progress=lambda n: bar.update(1),
+                                       nouns_per_scene=args.nouns_per_scene)
     print(f'{out}: {info["transitions"]} labelled frames of {info["episodes"]} objects '
           f'(statistics key {grounding.GROUNDING_KEY})')
     return EXIT_OK

@@ -63,10 +63,14 @@ def _arm_pose(ik, embodiment, rng: np.random.Generator, start: dict) -> dict | N
     return joints
 
 
-def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, progress=None):
-    """Yield ``n_frames`` labelled :class:`GroundingFrame` s, one scene each, with the object
-    named chosen at random. Scene seeds count up from ``seed``, one per arm pose tried (a pose
-    the IK does not reach uses up its seed)."""
+def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, progress=None,
+                  nouns_per_scene: int = 1):
+    """Yield labelled :class:`GroundingFrame` s from ``n_frames`` scenes: each scene rendered once
+    and labelled for ``nouns_per_scene`` different objects chosen at random (the same image
+    with different instructions and labels: only the noun tells them apart). Scene seeds count
+    up from ``seed``, one per arm pose tried (a pose the IK does not reach uses up its seed)."""
+    if not 1 <= nouns_per_scene <= len(NOUNS):
+        raise ValueError(f'nouns_per_scene must be in [1, {len(NOUNS)}], got {nouns_per_scene}')
     from openvla_ros.control.kinematics import ArmKinematics
     from openvla_ros.sim.workcell import WorkcellSim
 
@@ -87,19 +91,23 @@ def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, p
             T.reset_episode(sim, task, int(rng.integers(2**31)), embodiment=embodiment,
                             joint_positions=joints)
             tip = T.gripper_point(sim)
-            noun = nouns[int(rng.integers(len(nouns)))]
-            obj = T.grasp_point(sim, NOUNS[noun])
+            if nouns_per_scene == 1:        # (the draw of the one-noun scenes as before)
+                chosen = [nouns[int(rng.integers(len(nouns)))]]
+            else:
+                chosen = [nouns[i] for i in rng.permutation(len(nouns))[:nouns_per_scene]]
             opening = T.gripper_open_fraction(sim, embodiment)
-            label = np.array([*(obj - tip), obj[0], obj[1], tip[0], opening], dtype=np.float64)
-            image = sim.render(width=image_size, height=image_size)
+            image = np.ascontiguousarray(sim.render(width=image_size, height=image_size), dtype=np.uint8)
             made += 1
             if progress is not None:
                 progress(made)
-            yield GroundingFrame(np.ascontiguousarray(image, dtype=np.uint8), noun, label)
+            for noun in chosen:
+                obj = T.grasp_point(sim, NOUNS[noun])
+                label = np.array([*(obj - tip), obj[0], obj[1], tip[0], opening], dtype=np.float64)
+                yield GroundingFrame(image, noun, label)
 
 
 def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: int = SEED_BASE,
-                  progress=None) -> dict:
+                  progress=None, nouns_per_scene: int = 1) -> dict:
     """Write a grounding dataset (``openvla-dataset`` layout, statistics key
     :data:`GROUNDING_KEY`): one episode per object noun, its frames in render order."""
     from .dataset import Episode, finish_dataset, refuse_used_directory, write_episode
@@ -107,7 +115,7 @@ def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: i
     out = Path(out)
     refuse_used_directory(out)
     by_noun: dict[str, tuple[list, list]] = {n: ([], []) for n in NOUNS}
-    for frame in render_frames(n_frames, image_size, seed, progress):
+    for frame in render_frames(n_frames, image_size, seed, progress, nouns_per_scene):
         images, labels = by_noun[frame.noun]
         images.append(frame.image)
         labels.append(frame.label)
@@ -119,4 +127,5 @@ def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: i
                                           source=f'grounding scenes from seed {seed}'))
         index += 1
     return finish_dataset(out, GROUNDING_KEY, {'grounding_frames': n_frames, 'seeds': [],
-                                               'grounding_seed': seed})
+                                               'grounding_seed': seed,
+                                               'nouns_per_scene': nouns_per_scene})
