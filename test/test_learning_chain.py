@@ -60,3 +60,16 @@ def test_collect_train_export_load_and_evaluate(tmp_path):
     (per_task,) = results.values()
     assert per_task['reach_red_block']['episodes'] == 1
     assert per_task['reach_red_block']['mean_steps'] <= 5
+
+
+def test_collect_refuses_a_bad_start_jitter_before_writing(tmp_path, capsys):
+    from openvla_ros.cli import collect as cli
+
+    base = ['--task', 'reach_red_block', '--episodes', '1']
+    for extra, message in ((['--start-jitter-m', '0.5'], 'must be in'),
+                           (['--start-jitter-m', '-0.01'], 'must be in'),
+                           (['--graph', '--start-jitter-m', '0.05'], 'in-process')):
+        out = tmp_path / 'out'
+        assert cli.main(base + ['--out', str(out)] + extra) == cli.EXIT_BAD_INPUT
+        assert message in capsys.readouterr().err
+        assert not out.exists()

@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             raise CollectError(f'--image-size must be >= 1, got {args.image_size}')
         if not args.graph and (args.bags or args.graph_logs):
             raise CollectError('--bags and --graph-logs go with --graph')
+        if not 0.0 <= args.start_jitter_m <= MAX_START_JITTER_M:
+            raise CollectError(f'--start-jitter-m must be in [0, {MAX_START_JITTER_M}] m, got {args.start_jitter_m}')
+        if args.graph and args.start_jitter_m:
+            raise CollectError('--start-jitter-m is for the in-process collection: through the graph the arm '
+                               'starts where sim_node resets it')
         out = Path(args.out)
         bags = Path(args.bags) if args.bags else None
         if bags is not None:
@@ -175,11 +180,6 @@ def main(argv: list[str] | None = None) -> int:
             _prepare_bags(bags, args.force, inside_out=False)
         _prepare_out(out, args.force)
         seeds = list(range(args.seed, args.seed + args.episodes))
-        if not 0.0 <= args.start_jitter_m <= MAX_START_JITTER_M:
-            raise CollectError(f'--start-jitter-m must be in [0, {MAX_START_JITTER_M}] m, got {args.start_jitter_m}')
-        if args.graph and args.start_jitter_m:
-            raise CollectError('--start-jitter-m is for the in-process collection: through the graph the arm '
-                               'starts where sim_node resets it')
         if args.graph:
             info = _collect_graph(args, tasks, seeds, out, bags)
             if info is None:
