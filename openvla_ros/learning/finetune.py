@@ -189,7 +189,7 @@ class SharedRows:
     cross-entropy over the whole vocabulary then equals the one over the label rows plus one
     shared row whose logit counts ``count`` times (``+ log count``): the same loss and, with
     :meth:`spread_grad` after the backward pass, the same gradients, without projecting onto and
-    normalising over 31 808 equal columns at every labelled position (more than half of a small
+    normalising over 31 807 equal columns at every labelled position (more than half of a small
     model's training step). :meth:`detect` returns None for any checkpoint whose rows differ (a
     pre-trained one), which then trains over the full projection."""
 
@@ -210,8 +210,11 @@ class SharedRows:
         if len(shared) < 2:
             return None
         with torch.no_grad():
-            rows = weight.detach()[shared]
-            if not bool((rows == rows[:1]).all()):
+            w = weight.detach()
+            idx = shared.to(w.device)
+            if not bool((w[idx[:2]] == w[idx[:1]]).all()):      # a trained head: no full gather
+                return None
+            if not bool((w[idx] == w[idx[:1]]).all()):
                 return None
         return cls(keep, shared)
 
@@ -424,9 +427,7 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
                             f'{world.size} processes (--batch-size is summed over the processes)')
     strategy = config.distributed
     head = policy.model.language_model.lm_head
-    # FSDP shards the head's weight: the equal-row projection needs it whole
-    shared = (None if world.distributed and strategy == 'fsdp'
-              else SharedRows.detect(head.weight, label_token_ids(policy.config)))
+    shared = None           # the equal-row projection, decided on the weights training starts from
     wrapped = None
     if world.distributed:
         dim = samples.action_dim
@@ -463,6 +464,8 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
         history['world_size'] = world.size
     else:
         history.pop('world_size', None)
+    if not (world.distributed and strategy == 'fsdp'):   # FSDP shards the head: it needs it whole
+        shared = SharedRows.detect(head.weight, label_token_ids(policy.config))
     eval_module = wrapped if world.distributed and strategy == 'fsdp' else None
 
     def record_held_out() -> None:
