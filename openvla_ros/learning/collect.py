@@ -255,7 +255,7 @@ def record_graph_episodes(graph, jobs: list[tuple[str, int]], bags_dir: Path, pr
                                  p.counts.get(defaults.INSTRUCTION_TOPIC, 0) >= 1, RECORD_SETTLE_TIMEOUT_S):
                     raise RuntimeError(f'{name}: the recorder did not get the start marker and the instruction')
                 result = graph.run_episode(expert, task, seed, paraphrase=paraphrase, instruction=text,
-                                           max_steps=max_steps, start_jitter_m=start_jitter_m)
+                                           max_steps=max_steps)
                 if not done.wait(_episode_recorded(result.steps), RECORD_SETTLE_TIMEOUT_S):
                     log(f'warning: {name}: the recorder did not get the last state within '
                         f'{RECORD_SETTLE_TIMEOUT_S:.0f} s ({done.counts})')
