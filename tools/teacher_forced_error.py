@@ -2,7 +2,7 @@
 """Does a trained policy use the image? Teacher-forced error of each decoded action value, with
 the true images and with the images shuffled across the batch.
 
-    .venv/bin/python tools/teacher_forced_error.py CHECKPOINT DATASET [--samples 256]
+    .venv/bin/python tools/teacher_forced_error.py CHECKPOINT DATASET [--samples 256] [--whole]
 
 For held-out frames (the fine-tune's own episode split: ``--holdout-fraction``, ``--seed``) and
 for as many training frames, the model sees the image, the prompt and the true preceding action
@@ -51,15 +51,21 @@ def main() -> None:
     p.add_argument('--samples', type=int, default=256, help='frames per split')
     p.add_argument('--holdout-fraction', type=float, default=0.1)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--whole', action='store_true',
+                   help='DATASET is held out as a whole (e.g. grounding scenes rendered from other seeds, '
+                        'openvla-dataset grounding --seed): its first --samples frames, no split')
     args = p.parse_args()
     torch.set_num_threads(1)
     policy = load_policy(args.checkpoint, PolicyOptions(dtype='float32'))
     try:
         samples = Samples(policy, Path(args.dataset), None)
-        train, held = split_indices(samples, args.holdout_fraction, args.seed)
-        rng = np.random.default_rng(args.seed)
-        splits = [('held-out', held[:args.samples])] if len(held) else []
-        splits.append(('train', rng.choice(train, min(args.samples, len(train)), replace=False)))
+        if args.whole:
+            splits = [('held-out', np.arange(min(args.samples, len(samples))))]
+        else:
+            train, held = split_indices(samples, args.holdout_fraction, args.seed)
+            rng = np.random.default_rng(args.seed)
+            splits = [('held-out', held[:args.samples])] if len(held) else []
+            splits.append(('train', rng.choice(train, min(args.samples, len(train)), replace=False)))
         for name, indices in splits:
             for shuffle in (False, True):
                 e = errors(policy, samples, indices, shuffle)

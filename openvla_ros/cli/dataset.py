@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--nouns-per-scene', type=int, default=1, metavar='K',
                    help='label each scene for K different objects (K samples of the same image that only '
                         'the instruction tells apart; at most the number of objects)')
+    g.add_argument('--labels', default='offset', metavar='LAYOUT',
+                   help='offset (default): per named object, its offset from the finger tips first; position: its place '
+                        'first; objects: one instruction, "where are the objects", every reach object in a '
+                        'fixed slot (a pre-training step before the choice by the noun)')
+    g.add_argument('--key', default=None, help='statistics key (default sim_grounding; another one lets two '
+                   'grounding datasets be mixed into one fine-tune)')
     return parser
 
 
@@ -85,6 +91,8 @@ def _grounding(args) -> int:
     out = Path(args.out)
     if args.frames < 1 or args.image_size < 1:
         raise DatasetError(f'--frames and --image-size must be >= 1, got {args.frames}, {args.image_size}')
+    if args.labels not in grounding.LABELS:
+        raise DatasetError(f'--labels must be one of {", ".join(grounding.LABELS)}, got {args.labels!r}')
     if not 1 <= args.nouns_per_scene <= len(grounding.NOUNS):
         raise DatasetError(f'--nouns-per-scene must be in [1, {len(grounding.NOUNS)}], got {args.nouns_per_scene}')
     from tqdm import tqdm
@@ -93,9 +101,10 @@ def _grounding(args) -> int:
         info = grounding.build_dataset(out, args.frames, args.image_size,
                                        grounding.SEED_BASE if args.seed is None else args.seed,
                                        progress=lambda n: bar.update(1),
-                                       nouns_per_scene=args.nouns_per_scene)
-    print(f'{out}: {info["transitions"]} labelled frames of {info["episodes"]} objects '
-          f'(statistics key {grounding.GROUNDING_KEY})')
+                                       nouns_per_scene=args.nouns_per_scene, labels=args.labels,
+                                       key=args.key or grounding.GROUNDING_KEY)
+    print(f'{out}: {info["transitions"]} labelled frames, {info["episodes"]} instruction(s) '
+          f'(statistics key {info["dataset_key"]})')
     return EXIT_OK
 
 

@@ -45,11 +45,33 @@ def instruction(noun: str) -> str:
     return f'where is the {noun}'
 
 
+# Label layouts (``build_dataset(labels=...)``): which numbers a scene is labelled with.
+#   offset:   per noun, [ox - tx, oy - ty, oz - tz, ox, oy, tx, gripper] (the module docstring);
+#   position: per noun, [ox, oy, ox - tx, oy - ty, oz - tz, tx, gripper]: the first token is the
+#             named object's own place, with nothing to subtract;
+#   objects:  one fixed instruction, OBJECTS_INSTRUCTION, and every reach object in a fixed slot,
+#             [x, y] of each of SLOT_NOUNS, then gripper: no choice by the instruction, so each
+#             slot is a single-object lookup (which a small model learns far sooner than the
+#             choice among objects; BENCHMARKS.md, "Learning proof").
+LABELS = ('offset', 'position', 'objects')
+OBJECTS_INSTRUCTION = 'where are the objects'
+SLOT_NOUNS = ('red block', 'green can', 'purple block')
+_POSITION_ORDER = [3, 4, 0, 1, 2, 5, 6]
+
+
 @dataclass
 class GroundingFrame:
     image: np.ndarray        # uint8 [H, W, 3]
     noun: str
     label: np.ndarray        # float [7], see the module docstring
+    points: dict | None = None   # noun -> grasp point [3] of every object of the scene, m
+
+
+def objects_label(frame: GroundingFrame) -> np.ndarray:
+    """The ``objects`` layout of ``frame``'s scene: [x, y] of each of SLOT_NOUNS, then the
+    gripper opening."""
+    return np.array([*(v for n in SLOT_NOUNS for v in frame.points[n][:2]), frame.label[6]],
+                    dtype=np.float64)
 
 
 def _arm_pose(ik, embodiment, rng: np.random.Generator, start: dict) -> dict | None:
@@ -97,35 +119,47 @@ def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, p
                 chosen = [nouns[i] for i in rng.permutation(len(nouns))[:nouns_per_scene]]
             opening = T.gripper_open_fraction(sim, embodiment)
             image = np.ascontiguousarray(sim.render(width=image_size, height=image_size), dtype=np.uint8)
+            points = {n: T.grasp_point(sim, body) for n, body in NOUNS.items()}
             made += 1
             if progress is not None:
                 progress(made)
             for noun in chosen:
-                obj = T.grasp_point(sim, NOUNS[noun])
+                obj = points[noun]
                 label = np.array([*(obj - tip), obj[0], obj[1], tip[0], opening], dtype=np.float64)
-                yield GroundingFrame(image, noun, label)
+                yield GroundingFrame(image, noun, label, points)
 
 
 def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: int = SEED_BASE,
-                  progress=None, nouns_per_scene: int = 1) -> dict:
-    """Write a grounding dataset (``openvla-dataset`` layout, statistics key
-    :data:`GROUNDING_KEY`): one episode per object noun, its frames in render order."""
+                  progress=None, nouns_per_scene: int = 1, labels: str = 'offset',
+                  key: str = GROUNDING_KEY) -> dict:
+    """Write a grounding dataset (``openvla-dataset`` layout, statistics key ``key``): one
+    episode per instruction (per object noun; one for the ``objects`` layout), its frames in
+    render order, labelled in the ``labels`` layout (:data:`LABELS`)."""
     from .dataset import Episode, finish_dataset, refuse_used_directory, write_episode
 
+    if labels not in LABELS:
+        raise ValueError(f'labels must be one of {LABELS}, got {labels!r}')
     out = Path(out)
     refuse_used_directory(out)
-    by_noun: dict[str, tuple[list, list]] = {n: ([], []) for n in NOUNS}
-    for frame in render_frames(n_frames, image_size, seed, progress, nouns_per_scene):
-        images, labels = by_noun[frame.noun]
+    texts = [OBJECTS_INSTRUCTION] if labels == 'objects' else [instruction(n) for n in NOUNS]
+    by_text: dict[str, tuple[list, list]] = {t: ([], []) for t in texts}
+    per_scene = 1 if labels == 'objects' else nouns_per_scene
+    for frame in render_frames(n_frames, image_size, seed, progress, per_scene):
+        if labels == 'objects':
+            text, label = OBJECTS_INSTRUCTION, objects_label(frame)
+        else:
+            text = instruction(frame.noun)
+            label = frame.label[_POSITION_ORDER] if labels == 'position' else frame.label
+        images, rows = by_text[text]
         images.append(frame.image)
-        labels.append(frame.label)
+        rows.append(label)
     index = 0
-    for noun, (images, labels) in by_noun.items():
-        if len(images) < 1:
+    for text, (images, rows) in by_text.items():
+        if not images:
             continue
-        write_episode(out, index, Episode(np.stack(images), np.stack(labels), instruction(noun),
+        write_episode(out, index, Episode(np.stack(images), np.stack(rows), text,
                                           source=f'grounding scenes from seed {seed}'))
         index += 1
-    return finish_dataset(out, GROUNDING_KEY, {'grounding_frames': n_frames, 'seeds': [],
-                                               'grounding_seed': seed,
-                                               'nouns_per_scene': nouns_per_scene})
+    return finish_dataset(out, key, {'grounding_frames': n_frames, 'seeds': [],
+                                     'grounding_seed': seed, 'grounding_labels': labels,
+                                     'nouns_per_scene': per_scene})
