@@ -32,18 +32,21 @@ STEPS = 3
 LORA_RANK = 4
 
 
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory):
-    base = tmp_path_factory.mktemp('dist')
-    checkpoint = make_small_checkpoint(base / 'init', image_size=IMAGE)
-    data = base / 'data'
-    rng = np.random.default_rng(1)
+def _random_dataset(data, seed, key=None):
+    rng = np.random.default_rng(seed)
     for i in range(4):
         images = rng.integers(0, 256, (4, IMAGE, IMAGE, 3), dtype=np.uint8)
         actions = np.column_stack([rng.normal(0, 0.01, (4, 6)), np.full(4, i % 2)])
         write_episode(data, i, Episode(images, actions, f'reach the block {i}', f'ep {i}'))
-    finish_dataset(data)
-    return checkpoint, data, base
+    finish_dataset(data, *([key] if key else []))
+    return data
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp('dist')
+    checkpoint = make_small_checkpoint(base / 'init', image_size=IMAGE)
+    return checkpoint, _random_dataset(base / 'data', 1), base
 
 
 def _free_port() -> int:
@@ -113,3 +116,17 @@ def test_two_processes_follow_the_one_process_run_and_resume(setup, strategy, mo
     _torchrun(checkpoint, data, resumed_out, 2, *flags)
     resumed = _torchrun(checkpoint, data, resumed_out, STEPS, *flags, '--resume')
     _assert_same_run(resumed, reference, resumed_out, reference_out)
+
+
+def test_two_processes_share_the_mixed_in_samples_too(setup):
+    """With a second dataset drawn into every batch, the two processes split the whole batch
+    (drawn and mixed-in samples) and follow the one-process run."""
+    checkpoint, data, base = setup
+    other = _random_dataset(base / 'other', 2, key='sim_other')
+    mix = dict(mix_dataset=str(other), mix_fraction=0.5)
+    reference_out = base / 'one-mix'
+    reference = train(checkpoint, data, reference_out, TrainConfig(steps=STEPS, **mix, **FLAGS),
+                      progress=False)
+    out = base / 'ddp-mix'
+    history = _torchrun(checkpoint, data, out, STEPS, f'--mix-dataset={other}', '--mix-fraction=0.5')
+    _assert_same_run(history, reference, out, reference_out)

@@ -482,6 +482,7 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
         if world.is_main:
             _save_state(state_path, model_state, optimizer_state, rng, augment, history, step)
 
+    n_mix = int(round(config.batch_size * config.mix_fraction)) if mixed is not None else 0
     autocast = (torch.autocast('cuda', dtype=torch.bfloat16) if device.startswith('cuda')
                 else torch.autocast('cpu', enabled=False))
     bar = _progress(config.steps, step, progress and world.is_main)
@@ -499,7 +500,6 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
         optimizer.zero_grad(set_to_none=True)
         total_loss = total_acc = 0.0
         for micro in range(config.grad_accumulation):
-            n_mix = int(round(config.batch_size * config.mix_fraction)) if mixed is not None else 0
             chunk = rng.choice(train_idx, size=min(config.batch_size - n_mix, len(train_idx)), replace=False)
             extra = (mixed, rng.choice(len(mixed), size=min(n_mix, len(mixed)), replace=False)) if n_mix else None
             pixels, ids, labels = samples.batch(chunk, extra)
@@ -511,8 +511,9 @@ def _train(checkpoint, dataset_dir, out_dir, config: TrainConfig, resume: bool, 
                 total_loss += float(loss.detach()) / config.grad_accumulation
                 total_acc += float(acc) / config.grad_accumulation
                 continue
-            mine = world.share(len(chunk))
-            weight = (mine.stop - mine.start) / len(chunk)
+            rows = len(ids)                      # the drawn samples and the mixed-in ones
+            mine = world.share(rows)
+            weight = (mine.stop - mine.start) / rows
             sync = (strategy != 'ddp' or micro == config.grad_accumulation - 1)
             with (contextlib.nullcontext() if sync else wrapped.no_sync()), autocast:
                 loss, acc = wrapped(pixels[mine], ids[mine], labels[mine])
