@@ -328,6 +328,16 @@ def test_collect_cli_writes_a_dataset_info_reads(tmp_path, capsys):
     assert info['seeds'] == [3, 4] and info['tasks'] == ['reach_red_block']
     rc, text, _ = _run(['info', str(out)], capsys)
     assert rc == 0 and '2 episodes' in text and 'idle steps dropped' in text
+    # a reader that has gone away (`openvla-dataset info D | head -1`): no traceback, the shell's status
+    import os
+    import subprocess
+    import sys
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    writer = subprocess.run([sys.executable, '-m', 'openvla_ros.cli.dataset', 'info', str(out)],
+                            stdout=write_end, stderr=subprocess.PIPE, text=True)
+    os.close(write_end)
+    assert writer.returncode == 141 and writer.stderr == '', writer.stderr
     # an existing dataset is replaced only with --force, a folder of other files never
     assert collect(['--task', 'reach_red_block', '--episodes', '1', '--out', str(out), '--no-progress']) == 2
     assert 'pass --force' in capsys.readouterr().err

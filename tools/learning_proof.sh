@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# The learning loop's proof, end to end on a CPU: scripted-expert demonstrations of the five
-# workcell tasks (60 each, a scene of its own per demonstration: seeds 0-299, each starting from a
-# seeded pose around the start pose), grounding scenes (rendered workcell scenes labelled with
-# where the objects are), a small OpenVLA-architecture policy trained from scratch in at most 20
-# minutes in three phases (6 min: every reach object in a fixed slot under one instruction; 4 min:
-# the object the instruction names, with the fixed-slot scenes as half of every batch; 10 min: the
-# demonstrations, with the named-object scenes as half of every batch), then closed-loop
+# The learning loop's proof, end to end on a CPU: scripted-expert demonstrations of the three reach
+# tasks (100 each, a scene of its own per demonstration: seeds 0-299, each starting from a seeded
+# pose around the start pose), grounding scenes (rendered workcell scenes labelled with where the
+# objects are), a small OpenVLA-architecture policy trained from scratch in at most 20 minutes in
+# three phases (by default 40% / 30% / 30% of the time: every reach object in a fixed slot under
+# one instruction; the object the instruction names, with the fixed-slot scenes as half of every
+# batch; the demonstrations, with the named-object scenes as half of every batch), then closed-loop
 # evaluation in lockstep on 50 held-out seeds per task (1000-1049) of the trained policy, the
 # instruction-shuffled control and the untrained model (same initialisation, same statistics).
 # Results: output/proof/eval*/summary.md.
 #
-# Steps whose output exists are skipped (delete output/proof/<step> to redo one); PROOF_EPISODES
-# and PROOF_TRAIN_MIN shrink the run. BENCHMARKS.md ("Learning proof", run G) lists what these
-# steps gave and the variants tried.
+# Steps whose output exists are skipped (delete output/proof/<step> to redo one). PROOF_EPISODES
+# and PROOF_TRAIN_MIN shrink the run; PROOF_SPLIT sets the three phases' shares of the training
+# time; PROOF_EVAL_TASKS (default the reach tasks, the only ones demonstrated) the evaluated tasks.
+# BENCHMARKS.md ("Learning proof") lists what these steps gave and the variants tried.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${PROOF_OUT:-$ROOT/output/proof}"
-DEMOS="${PROOF_DEMOS:-60}"              # demonstrations per task (5 tasks, at most 300 in all)
+DEMOS="${PROOF_DEMOS:-100}"             # demonstrations per reach task (3 tasks, at most 300 in all)
 EVAL_EPISODES="${PROOF_EPISODES:-50}"   # held-out evaluation episodes per task and policy
-TRAIN_MIN="${PROOF_TRAIN_MIN:-20}"      # minutes of training in all (30% / 20% / 50% by phase)
+TRAIN_MIN="${PROOF_TRAIN_MIN:-20}"      # minutes of training in all
+read -r SHARE1 SHARE2 SHARE3 <<< "${PROOF_SPLIT:-0.4 0.3 0.3}"   # the phases' shares of it
+EVAL_TASKS="${PROOF_EVAL_TASKS:-reach_red_block,reach_green_can,reach_purple_block}"
 IMAGE=128                               # camera frames, pixels; the model sees 56 x 56 in patches of 14
 "$ROOT/tools/setup.sh"
 cd "$ROOT"
@@ -29,9 +32,9 @@ minutes() { python3 -c "print($TRAIN_MIN * $1)"; }
 small=(--batch-size 32 --learning-rate 2e-3 --threads "$OMP_NUM_THREADS" --no-progress)
 
 [ -f "$OUT/dataset/dataset_statistics.json" ] || \
-  "$BIN/openvla-collect" --task all --episodes "$DEMOS" --seed 0 --layouts distinct --image-size "$IMAGE" \
-    --start-jitter-m 0.08 --out "$OUT/dataset"
-"$BIN/openvla-dataset" info "$OUT/dataset" | head -30
+  "$BIN/openvla-collect" --task reach_red_block --task reach_green_can --task reach_purple_block \
+    --episodes "$DEMOS" --seed 0 --layouts distinct --image-size "$IMAGE" --start-jitter-m 0.1 --out "$OUT/dataset"
+"$BIN/openvla-dataset" info "$OUT/dataset"
 [ -f "$OUT/objects/dataset_statistics.json" ] || \
   "$BIN/openvla-dataset" grounding --frames 4000 --labels objects --key sim_objects --image-size "$IMAGE" \
     --out "$OUT/objects"
@@ -42,22 +45,22 @@ small=(--batch-size 32 --learning-rate 2e-3 --threads "$OMP_NUM_THREADS" --no-pr
 [ -f "$OUT/phase1/checkpoint/model.safetensors" ] || \
   "$BIN/openvla-finetune" --small 56 --small-patch 14 --dataset "$OUT/objects" --out "$OUT/phase1" \
     --steps 20000 --warmup-steps 200 --holdout-fraction 0 --eval-every 100000 --save-every 1000 \
-    --time-limit-min "$(minutes 0.3)" "${small[@]}"
+    --time-limit-min "$(minutes "$SHARE1")" "${small[@]}"
 [ -f "$OUT/phase2/checkpoint/model.safetensors" ] || \
   "$BIN/openvla-finetune" --checkpoint "$OUT/phase1/checkpoint" --dataset "$OUT/named" --out "$OUT/phase2" \
     --mix-dataset "$OUT/objects" --mix-fraction 0.5 \
     --steps 20000 --warmup-steps 100 --holdout-fraction 0 --eval-every 100000 --save-every 1000 \
-    --time-limit-min "$(minutes 0.2)" "${small[@]}"
+    --time-limit-min "$(minutes "$SHARE2")" "${small[@]}"
 [ -f "$OUT/train/checkpoint/model.safetensors" ] || \
   "$BIN/openvla-finetune" --checkpoint "$OUT/phase2/checkpoint" --dataset "$OUT/dataset" --out "$OUT/train" \
     --mix-dataset "$OUT/named" --mix-fraction 0.5 \
     --steps 6000 --lr-schedule cosine --warmup-steps 100 --augment-shift-px 2 --eval-every 1000 \
-    --save-every 1000 --time-limit-min "$(minutes 0.5)" "${small[@]}"
+    --save-every 1000 --time-limit-min "$(minutes "$SHARE3")" "${small[@]}"
 # the untrained control: the same initialisation, exported with the dataset's statistics
 [ -f "$OUT/untrained/checkpoint/model.safetensors" ] || \
   "$BIN/openvla-finetune" --small 56 --small-patch 14 --dataset "$OUT/dataset" --out "$OUT/untrained" --steps 0 --no-progress
 
-common=(--tasks all --episodes "$EVAL_EPISODES" --seed 1000 --held-out --unnorm-key sim_widowx
+common=(--tasks "$EVAL_TASKS" --episodes "$EVAL_EPISODES" --seed 1000 --held-out --unnorm-key sim_widowx
         --image-width "$IMAGE" --image-height "$IMAGE" --no-video --dtype float32 --resume)
 "$BIN/openvla-eval" --checkpoint "$OUT/train/checkpoint" --policy model shuffled "${common[@]}" \
   --output "$OUT/eval_trained"

@@ -18,12 +18,14 @@ labelled workcell scenes (:mod:`openvla_ros.learning.grounding`) into a new or e
 pre-training data of a small policy trained from scratch.
 
 Exit status: 0 every bag converted and the statistics written (export: written); 2 bad input (a
-bag failed, the statistics are degenerate, the output is refused, the input is not a dataset).
+bag failed, the statistics are degenerate, the output is refused, the input is not a dataset);
+141 the output pipe was closed (``info D | head``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +34,7 @@ import numpy as np
 from openvla_ros import defaults
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
+EXIT_BROKEN_PIPE = 128 + 13      # the shell's status for a writer killed by SIGPIPE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                                   'statistics': load_statistics(args.dataset)}, indent=2))
             else:
                 print(info_text(args.dataset, bins=args.bins))
+            sys.stdout.flush()          # here, where a closed pipe is caught
             return EXIT_OK
         from openvla_ros.learning.from_bags import BuildOptions, build
 
@@ -197,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as exc:
         print(f'{prog}: error: {exc}', file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # the reader went away (`openvla-dataset info D | head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     if result.info is not None:
         print(f'{result.out}: {result.info["episodes"]} episodes, {result.info["transitions"]} steps '
               f'({len(result.converted)} converted now, {len(result.skipped)} already there), '
