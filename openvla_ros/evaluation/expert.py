@@ -5,9 +5,10 @@ visible (where the finger tips, the objects and the gripper are), with no hidden
 
 - moves of the finger tips at a capped speed (``SPEED_M_PER_STEP`` per control period, below the
   controller's per-step clip);
-- reach: a straight line to the point just above the object, so the action is the offset to
-  it, clipped to ``REACH_SPEED_M_PER_STEP``: one smooth function of where the finger tips are relative to the
-  object (small moves mean "almost there" along every axis, never "go straight down");
+- reach: a straight line to the point just above the object, so the action is the offset to it
+  clipped to ``REACH_SPEED_M_PER_STEP``: one smooth function of where the finger tips are
+  relative to the object (small moves mean "almost there" along every axis, never "go straight
+  down"), at half the speed, so that a demonstration shows twice the frames of its scene;
 - pick and place: at a fixed cruise height while far from the goal horizontally, then straight
   down;
 - a fixed grasp height relative to the object's grasp point, close, lift, carry, lower to a fixed
@@ -27,7 +28,7 @@ from openvla_ros.evaluation import tasks as T
 from openvla_ros.sim.workcell import WorkcellSim
 
 SPEED_M_PER_STEP = 0.03        # finger-tip speed cap: 0.15 m/s at 5 Hz
-REACH_SPEED_M_PER_STEP = 0.015 # reach: half that, so a demonstration shows twice the frames per scene
+REACH_SPEED_M_PER_STEP = 0.015  # reach: straight to the goal at half that
 CRUISE_Z_M = 0.15              # finger-tip height for horizontal moves (above the can's top)
 LIFT_FIRST_BELOW_M = 0.04     # this far below the cruise height and far from the goal: lift vertically
 NEAR_XY_M = 0.04               # closer than this horizontally: leave the cruise height
