@@ -79,7 +79,10 @@ def test_record_play_eval_in_the_simulator(tmp_path, probe, processes, tiny_chec
     assert len(actions) >= 3, (processes.log('vla')[-3000:], statuses[-1] if statuses else None)
     recorded_stamps = {stamp_to_ns(msg.header.stamp) for _, msg in images}
     assert all(stamp_to_ns(a.header.stamp) in recorded_stamps for a in actions)
-    assert all(0.0 <= a.image_age_s < 1.0 for a in actions), [a.image_age_s for a in actions]
+    # fresh on the node clock, within vla_node's bound either way: /clock and the images come on
+    # separate topics, so under load an image can arrive before the clock has reached its stamp
+    # (a small negative age, which the node accepts as it accepts clock skew)
+    assert all(abs(a.image_age_s) <= 1.0 for a in actions), [a.image_age_s for a in actions]
     assert all(a.instruction == INSTRUCTION for a in actions)
 
     # 3. eval the same recording offline
