@@ -77,6 +77,22 @@ def test_jittered_start_is_seeded_bounded_and_keeps_the_layout(env):
     assert env.reset(task, 3, start_jitter_m=0.06).object_poses == layout
 
 
+def test_an_unsteady_expert_is_seeded_and_still_succeeds(env):
+    """Action noise (demonstrations only): the commanded translations differ from the clean
+    expert's, the same seed gives the same episode, and the expert corrects its way to the goal."""
+    task = T.TASKS['reach_green_can']
+    clean = run_episode(ExpertPolicy(), task, 5, env=env)
+    noisy = [run_episode(ExpertPolicy(action_noise_m=0.006, seed=9), task, 5, env=env) for _ in range(2)]
+    assert clean.success and all(r.success for r in noisy)
+    np.testing.assert_array_equal(noisy[0].actions, noisy[1].actions)
+    n = min(len(clean.actions), len(noisy[0].actions))
+    assert np.abs(noisy[0].actions[:n, :3] - clean.actions[:n, :3]).max() > 1e-3
+    # rotation and gripper as the clean expert's (the reach holds both)
+    np.testing.assert_array_equal(noisy[0].actions[:, 3:], np.tile(clean.actions[0, 3:], (len(noisy[0].actions), 1)))
+    other = run_episode(ExpertPolicy(action_noise_m=0.006, seed=10), task, 5, env=env)
+    assert not np.array_equal(other.actions[:2], noisy[0].actions[:2])
+
+
 def test_paraphrases_are_selectable(env):
     task = T.TASKS['spoon_on_towel']
     assert T.reset_episode(env.sim, task, 0).instruction == task.instruction

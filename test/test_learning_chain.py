@@ -68,7 +68,10 @@ def test_collect_refuses_a_bad_start_jitter_before_writing(tmp_path, capsys):
     base = ['--task', 'reach_red_block', '--episodes', '1']
     for extra, message in ((['--start-jitter-m', '0.5'], 'must be in'),
                            (['--start-jitter-m', '-0.01'], 'must be in'),
-                           (['--graph', '--start-jitter-m', '0.05'], 'in-process')):
+                           (['--graph', '--start-jitter-m', '0.05'], 'in-process'),
+                           (['--action-noise-m', '0.5'], 'must be in'),
+                           (['--action-noise-m', '-0.001'], 'must be in'),
+                           (['--graph', '--action-noise-m', '0.005'], 'in-process')):
         out = tmp_path / 'out'
         assert cli.main(base + ['--out', str(out)] + extra) == cli.EXIT_BAD_INPUT
         assert message in capsys.readouterr().err

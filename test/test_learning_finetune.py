@@ -8,7 +8,7 @@ import torch
 
 from openvla_ros.engine.policy import PolicyOptions, load_policy
 from openvla_ros.learning.dataset import Episode, finish_dataset, write_episode
-from openvla_ros.learning.finetune import (FinetuneError, SharedRows, TrainConfig, action_loss,
+from openvla_ros.learning.finetune import (FinetuneError, Samples, SharedRows, TrainConfig, action_loss,
                                            action_token_ids, label_token_ids, normalize_actions,
                                            train)
 from openvla_ros.learning.small import make_small_checkpoint
@@ -40,6 +40,24 @@ def test_action_tokens_decode_back_to_the_bin_the_engine_reads():
     centers = (np.linspace(-1, 1, 256)[:-1] + np.linspace(-1, 1, 256)[1:]) / 2
     decoded = centers[np.clip(32000 - tokens - 1, 0, 254)]
     assert np.all(np.abs(decoded - norm) <= 1 / 255 + 1e-9)
+
+
+def test_samples_keep_one_pixel_tensor_per_distinct_frame(checkpoint, tmp_path):
+    """A frame shared by several samples (a grounding scene labelled for several nouns, a
+    repeated frame) is preprocessed and stored once; every sample still gets its own image."""
+    data = _dataset(tmp_path / 'data')           # 2 episodes of 4 equal frames each
+    policy = load_policy(checkpoint, PolicyOptions(dtype='float32'))
+    try:
+        samples = Samples(policy, data, None)
+        assert len(samples) == 8 and samples.pixels.shape[0] == 2
+        red = policy.pixel_values(np.full((IMAGE, IMAGE, 3), [255, 0, 0], np.uint8))
+        blue = policy.pixel_values(np.full((IMAGE, IMAGE, 3), [0, 0, 255], np.uint8))
+        pixels, ids, _ = samples.batch([0, 5], mix=(samples, [3, 7]))
+        expected = torch.stack([red, blue, red, blue])
+        torch.testing.assert_close(pixels, expected.to(pixels.dtype), rtol=0, atol=0)
+        assert ids.shape[0] == 4
+    finally:
+        policy.close()
 
 
 def test_training_lowers_the_loss_resumes_exactly_and_exports(checkpoint, tmp_path):

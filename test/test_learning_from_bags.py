@@ -176,7 +176,7 @@ def test_build_gives_the_in_process_labels(tmp_path, episodes, capsys):
         idle += dropped
         assert got.instruction == episode[0].instruction
         assert got.actions.shape == want.actions.shape
-        assert np.abs(want.actions[:, :3]).max() > 0.01            # the expert moved
+        assert np.abs(want.actions[:, :3]).max() > 0.005           # the expert moved
         # the bag's pose is the FK of the joints; the runner's is the simulator site one physics step earlier
         np.testing.assert_allclose(got.actions[:, :3], want.actions[:, :3], atol=1e-3)
         np.testing.assert_allclose(got.actions[:, 3:6], want.actions[:, 3:6], atol=5e-3)

@@ -2,10 +2,11 @@
 # The learning loop's proof, end to end on a CPU: scripted-expert demonstrations of the three reach
 # tasks (100 each, a scene of its own per demonstration: seeds 0-299, each starting from a seeded
 # pose around the start pose), grounding scenes (rendered workcell scenes labelled with where the
-# objects are), a small OpenVLA-architecture policy trained from scratch in at most 20 minutes in
-# three phases (by default 40% / 30% / 30% of the time: every reach object in a fixed slot under
-# one instruction; the object the instruction names, with the fixed-slot scenes as half of every
-# batch; the demonstrations, with the named-object scenes as half of every batch), then closed-loop
+# objects are: 16000 with every reach object in a fixed slot, 12000 labelled for each of the five
+# nouns with the named object's offset from the finger tips first), a small OpenVLA-architecture
+# policy trained from scratch in at most 20 minutes in three phases (by default 40% / 35% / 25% of
+# the time: the fixed-slot scenes; the offsets, with the fixed-slot scenes as half of every batch;
+# the demonstrations, with the offset scenes as half of every batch), then closed-loop
 # evaluation in lockstep on 50 held-out seeds per task (1000-1049) of the trained policy, the
 # instruction-shuffled control and the untrained model (same initialisation, same statistics).
 # Results: output/proof/eval*/summary.md.
@@ -20,7 +21,7 @@ OUT="${PROOF_OUT:-$ROOT/output/proof}"
 DEMOS="${PROOF_DEMOS:-100}"             # demonstrations per reach task (3 tasks, at most 300 in all)
 EVAL_EPISODES="${PROOF_EPISODES:-50}"   # held-out evaluation episodes per task and policy
 TRAIN_MIN="${PROOF_TRAIN_MIN:-20}"      # minutes of training in all
-read -r SHARE1 SHARE2 SHARE3 <<< "${PROOF_SPLIT:-0.4 0.3 0.3}"   # the phases' shares of it
+read -r SHARE1 SHARE2 SHARE3 <<< "${PROOF_SPLIT:-0.4 0.35 0.25}"   # the phases' shares of it
 EVAL_TASKS="${PROOF_EVAL_TASKS:-reach_red_block,reach_green_can,reach_purple_block}"
 IMAGE=128                               # camera frames, pixels; the model sees 56 x 56 in patches of 14
 "$ROOT/tools/setup.sh"
@@ -36,24 +37,24 @@ small=(--batch-size 32 --learning-rate 2e-3 --threads "$OMP_NUM_THREADS" --no-pr
     --episodes "$DEMOS" --seed 0 --layouts distinct --image-size "$IMAGE" --start-jitter-m 0.1 --out "$OUT/dataset"
 "$BIN/openvla-dataset" info "$OUT/dataset"
 [ -f "$OUT/objects/dataset_statistics.json" ] || \
-  "$BIN/openvla-dataset" grounding --frames 4000 --labels objects --key sim_objects --image-size "$IMAGE" \
-    --out "$OUT/objects"
-[ -f "$OUT/named/dataset_statistics.json" ] || \
-  "$BIN/openvla-dataset" grounding --frames 4000 --nouns-per-scene 5 --labels position --image-size "$IMAGE" \
-    --out "$OUT/named"
+  "$BIN/openvla-dataset" grounding --frames 16000 --labels objects --key sim_objects --image-size "$IMAGE" \
+    --workers 2 --out "$OUT/objects"
+[ -f "$OUT/offsets/dataset_statistics.json" ] || \
+  "$BIN/openvla-dataset" grounding --frames 12000 --nouns-per-scene 5 --labels offset --seed 500000 \
+    --image-size "$IMAGE" --workers 2 --out "$OUT/offsets"
 
 [ -f "$OUT/phase1/checkpoint/model.safetensors" ] || \
   "$BIN/openvla-finetune" --small 56 --small-patch 14 --dataset "$OUT/objects" --out "$OUT/phase1" \
     --steps 20000 --warmup-steps 200 --holdout-fraction 0 --eval-every 100000 --save-every 1000 \
     --time-limit-min "$(minutes "$SHARE1")" "${small[@]}"
 [ -f "$OUT/phase2/checkpoint/model.safetensors" ] || \
-  "$BIN/openvla-finetune" --checkpoint "$OUT/phase1/checkpoint" --dataset "$OUT/named" --out "$OUT/phase2" \
+  "$BIN/openvla-finetune" --checkpoint "$OUT/phase1/checkpoint" --dataset "$OUT/offsets" --out "$OUT/phase2" \
     --mix-dataset "$OUT/objects" --mix-fraction 0.5 \
     --steps 20000 --warmup-steps 100 --holdout-fraction 0 --eval-every 100000 --save-every 1000 \
     --time-limit-min "$(minutes "$SHARE2")" "${small[@]}"
 [ -f "$OUT/train/checkpoint/model.safetensors" ] || \
   "$BIN/openvla-finetune" --checkpoint "$OUT/phase2/checkpoint" --dataset "$OUT/dataset" --out "$OUT/train" \
-    --mix-dataset "$OUT/named" --mix-fraction 0.5 \
+    --mix-dataset "$OUT/offsets" --mix-fraction 0.5 \
     --steps 6000 --lr-schedule cosine --warmup-steps 100 --augment-shift-px 2 --eval-every 1000 \
     --save-every 1000 --time-limit-min "$(minutes "$SHARE3")" "${small[@]}"
 # the untrained control: the same initialisation, exported with the dataset's statistics

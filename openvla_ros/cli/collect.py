@@ -38,6 +38,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 MAX_START_JITTER_M = 0.1                     # m: beyond it many starts leave the workspace
+MAX_ACTION_NOISE_M = 0.02                    # m: above the reach expert's own 0.015 m steps
 
 
 class CollectError(Exception):
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help='in process: start each demonstration with the end effector moved from the start pose '
                              'by a seeded offset of up to M metres along x and y (M/2 along z), so the demonstrations '
                              'cover more of the workspace than lines from one start (default 0: the start pose)')
+    parser.add_argument('--action-noise-m', type=float, default=0.0, metavar='SIGMA',
+                        help='in process: add Gaussian noise (standard deviation SIGMA metres per axis, seeded) to '
+                             "each of the expert's commanded translations, as an unsteady hand would; the expert "
+                             'corrects from wherever that leads and the labels are the reached moves, so the '
+                             'demonstrations show corrections from off the ideal path (default 0)')
     parser.add_argument('--include-failed', action='store_true', help='keep demonstrations that did not succeed')
     parser.add_argument('--force', action='store_true',
                         help='replace a dataset an earlier openvla-collect wrote in --out (never other files)')
@@ -165,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             raise CollectError('--bags and --graph-logs go with --graph')
         if not 0.0 <= args.start_jitter_m <= MAX_START_JITTER_M:
             raise CollectError(f'--start-jitter-m must be in [0, {MAX_START_JITTER_M}] m, got {args.start_jitter_m}')
+        if not 0.0 <= args.action_noise_m <= MAX_ACTION_NOISE_M:
+            raise CollectError(f'--action-noise-m must be in [0, {MAX_ACTION_NOISE_M}] m, got {args.action_noise_m}')
+        if args.graph and args.action_noise_m:
+            raise CollectError('--action-noise-m is for the in-process collection')
         if args.graph and args.start_jitter_m:
             raise CollectError('--start-jitter-m is for the in-process collection: through the graph the arm '
                                'starts where sim_node resets it')
@@ -189,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
             info = collect_in_process(tasks, seeds, out, image_size=args.image_size, progress=not args.no_progress,
                                       only_successful=not args.include_failed, max_steps=args.max_steps,
-                                      layouts=args.layouts, start_jitter_m=args.start_jitter_m)
+                                      layouts=args.layouts, start_jitter_m=args.start_jitter_m,
+                                      action_noise_m=args.action_noise_m)
     except (CollectError, DatasetError) as exc:
         print(f'openvla-collect: error: {exc}', file=sys.stderr)
         return EXIT_BAD_INPUT

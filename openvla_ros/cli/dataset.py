@@ -3,7 +3,7 @@
   openvla-dataset build BAGS... --out DIR [--resume | --force] [--instruction TEXT] [--image-size N]
   openvla-dataset info DIR
   openvla-dataset export DIR --format lerobot --out OUT
-  openvla-dataset grounding --frames N --out DIR [--image-size N] [--seed S]
+  openvla-dataset grounding --frames N --out DIR [--image-size N] [--seed S] [--workers N]
 
 ``build`` converts each bag (a bag directory with metadata.yaml, or a single .mcap) into one
 episode (or one per episode marker), labelled from the reached end-effector states, and writes the
@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                         'fixed slot (a pre-training step before the choice by the noun)')
     g.add_argument('--key', default=None, help='statistics key (default sim_grounding; another one lets two '
                    'grounding datasets be mixed into one fine-tune)')
+    g.add_argument('--workers', type=int, default=1, help='rendering processes (the dataset is the same for any '
+                   'number)')
     return parser
 
 
@@ -98,6 +100,8 @@ def _grounding(args) -> int:
         raise DatasetError(f'--labels must be one of {", ".join(grounding.LABELS)}, got {args.labels!r}')
     if not 1 <= args.nouns_per_scene <= len(grounding.NOUNS):
         raise DatasetError(f'--nouns-per-scene must be in [1, {len(grounding.NOUNS)}], got {args.nouns_per_scene}')
+    if args.workers < 1:
+        raise DatasetError(f'--workers must be >= 1, got {args.workers}')
     from tqdm import tqdm
 
     with tqdm(total=args.frames, desc='grounding', unit='frame') as bar:
@@ -105,7 +109,7 @@ def _grounding(args) -> int:
                                        grounding.SEED_BASE if args.seed is None else args.seed,
                                        progress=lambda n: bar.update(1),
                                        nouns_per_scene=args.nouns_per_scene, labels=args.labels,
-                                       key=args.key or grounding.GROUNDING_KEY)
+                                       key=args.key or grounding.GROUNDING_KEY, workers=args.workers)
     print(f'{out}: {info["transitions"]} labelled frames, {info["episodes"]} instruction(s) '
           f'(statistics key {info["dataset_key"]})')
     return EXIT_OK

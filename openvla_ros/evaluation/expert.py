@@ -5,10 +5,12 @@ visible (where the finger tips, the objects and the gripper are), with no hidden
 
 - moves of the finger tips at a capped speed (``SPEED_M_PER_STEP`` per control period, below the
   controller's per-step clip);
-- reach: a straight line to the point just above the object, so the action is the offset to it
-  clipped to ``REACH_SPEED_M_PER_STEP``: one smooth function of where the finger tips are
-  relative to the object (small moves mean "almost there" along every axis, never "go straight
-  down"), at half the speed, so that a demonstration shows twice the frames of its scene;
+- reach: toward the point just above the object, each axis' move the offset to it along that
+  axis clipped to ``REACH_STEP_PER_AXIS_M``. Each action value is then a function of one offset
+  (object minus finger tips along that axis: a full step while far, the remaining offset when
+  close), and an axis that has arrived stops while the others go on, so within a demonstration
+  the action changes with where the finger tips are (a straight line at a capped speed keeps one
+  action for the whole way, which a policy can imitate without ever looking at the tips);
 - pick and place: at a fixed cruise height while far from the goal horizontally, then straight
   down;
 - a fixed grasp height relative to the object's grasp point, close, lift, carry, lower to a fixed
@@ -28,7 +30,7 @@ from openvla_ros.evaluation import tasks as T
 from openvla_ros.sim.workcell import WorkcellSim
 
 SPEED_M_PER_STEP = 0.03        # finger-tip speed cap: 0.15 m/s at 5 Hz
-REACH_SPEED_M_PER_STEP = 0.015  # reach: straight to the goal at half that
+REACH_STEP_PER_AXIS_M = 0.01  # reach: at most this far along each axis per step
 CRUISE_Z_M = 0.15              # finger-tip height for horizontal moves (above the can's top)
 LIFT_FIRST_BELOW_M = 0.04     # this far below the cruise height and far from the goal: lift vertically
 NEAR_XY_M = 0.04               # closer than this horizontally: leave the cruise height
@@ -80,7 +82,7 @@ class ScriptedExpert:
         if self.task.kind == 'reach':
             goal = T.grasp_point(sim, self.task.target).copy()
             goal[2] = T.top_z(sim, self.task.target) + 0.5 * T.REACH_ABOVE_TOP_M
-            return _action(_toward(tip, goal, REACH_SPEED_M_PER_STEP), OPEN)
+            return _action(np.clip(goal - tip, -REACH_STEP_PER_AXIS_M, REACH_STEP_PER_AXIS_M), OPEN)
         return self._place(sim, tip)
 
     def _grasp_height(self, sim: WorkcellSim, body: str) -> float:

@@ -23,9 +23,13 @@ class ExpertPolicy:
     model_id = 'scripted-expert'
     uses_image = False
 
-    def __init__(self):
+    def __init__(self, action_noise_m: float = 0.0, seed: int = 0):
         self._sim = None
         self._expert: ScriptedExpert | None = None
+        # a teleoperator's unsteady hand: Gaussian noise (standard deviation per axis, metres)
+        # added to each commanded translation; the expert corrects from wherever that leads
+        self.action_noise_m = float(action_noise_m)
+        self._rng = np.random.default_rng(seed)
 
     def start_episode(self, env, task: T.Task) -> None:
         self._sim = env.sim
@@ -35,6 +39,9 @@ class ExpertPolicy:
         if self._expert is None:
             raise RuntimeError('the expert needs start_episode(env, task) first')
         action = self._expert.act(self._sim)
+        if self.action_noise_m > 0:
+            action = action.copy()
+            action[:3] += self._rng.normal(0.0, self.action_noise_m, 3)
         return PredictionResult(action=action, normalized_action=action.copy(),
                                 action_token_ids=np.zeros(len(action), dtype=np.int64), unnorm_key=unnorm_key or '')
 

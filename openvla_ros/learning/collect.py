@@ -78,14 +78,15 @@ def _seed_span(jobs: list[tuple[str, int]]) -> list[int]:
 def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
                        image_size: int = 56, progress: bool = True,
                        only_successful: bool = True, max_steps: int | None = None,
-                       layouts: str = 'shared', start_jitter_m: float = 0.0) -> dict:
+                       layouts: str = 'shared', start_jitter_m: float = 0.0,
+                       action_noise_m: float = 0.0) -> dict:
     from openvla_ros.evaluation.policies import ExpertPolicy
     from openvla_ros.evaluation.runner import EpisodeEnv, run_episode
 
     out = Path(out)
     env = EpisodeEnv(image_size=(image_size, image_size))
-    expert = ExpertPolicy()
     jobs = episode_jobs(tasks, seeds, layouts)
+    expert = ExpertPolicy(action_noise_m, seed=_seed_span(jobs)[0] if jobs else 0)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -116,7 +117,8 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
     return finish_dataset(out, extra_info={'idle_steps_dropped': idle,
                                            'failed_demonstrations': failed,
                                            'tasks': tasks, 'seeds': _seed_span(jobs), 'layouts': layouts,
-                                           'start_jitter_m': start_jitter_m})
+                                           'start_jitter_m': start_jitter_m,
+                                           'action_noise_m': action_noise_m})
 
 
 # ---------------------------------------------------------------- through the ROS graph

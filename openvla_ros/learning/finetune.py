@@ -21,6 +21,7 @@ FSDP for a full fine-tune) and follows the one-process run with the same flags
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import random
@@ -106,7 +107,10 @@ class Samples:
         self.key, self.stats = key, stats_all[key]
         dim = len(self.stats['action']['q01'])
         cfg = policy.config
-        pixels, prompts, targets, episode_of = [], [], [], []
+        # one pixel tensor per distinct frame: a grounding scene labelled for several nouns is
+        # the same image in several episodes
+        pixels, frame_of, prompts, targets, episode_of = [], [], [], [], []
+        frame_index: dict[bytes, int] = {}
         prompt_cache: dict[str, list[int]] = {}
         for e_idx, episode in enumerate(iter_episodes(dataset_dir)):
             if episode.actions.shape[1] != dim:
@@ -118,13 +122,18 @@ class Samples:
             tokens = action_token_ids(normalize_actions(episode.actions, self.stats['action']),
                                       cfg.action_vocab_size, cfg.n_action_bins)
             for image, tok in zip(episode.images, tokens):
-                pixels.append(policy.pixel_values(image))
+                digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+                if digest not in frame_index:
+                    frame_index[digest] = len(pixels)
+                    pixels.append(policy.pixel_values(image))
+                frame_of.append(frame_index[digest])
                 prompts.append(prompt_cache[episode.instruction])
                 targets.append(tok.tolist() + [EOS_TOKEN_ID])
                 episode_of.append(e_idx)
         if not pixels:
             raise DatasetError(f'{dataset_dir}: no steps')
         self.pixels = torch.stack(pixels)
+        self.frame_of = np.asarray(frame_of)
         self.prompts, self.targets = prompts, targets
         self.episode_of = np.asarray(episode_of)
         self.action_dim = dim
@@ -133,6 +142,10 @@ class Samples:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def frames(self, indices) -> torch.Tensor:
+        """pixel_values of the samples ``indices``."""
+        return self.pixels[torch.as_tensor(self.frame_of[list(indices)], dtype=torch.long)]
 
     def batch(self, indices, mix: tuple['Samples', list] | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -148,9 +161,9 @@ class Samples:
             ids[row, :len(seq)] = torch.tensor(seq)
             start = len(src.prompts[i])
             labels[row, start:len(seq)] = torch.tensor(src.targets[i])
-        pixels = self.pixels[list(indices)]
+        pixels = self.frames(indices)
         if mix:
-            pixels = torch.cat([pixels, mix[0].pixels[list(mix[1])]])
+            pixels = torch.cat([pixels, mix[0].frames(mix[1])])
         return pixels.to(self.device), ids.to(self.device), labels.to(self.device)
 
 

@@ -21,6 +21,7 @@ labels come from the simulator state, as a detector's training labels would.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,11 +87,12 @@ def _arm_pose(ik, embodiment, rng: np.random.Generator, start: dict) -> dict | N
 
 
 def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, progress=None,
-                  nouns_per_scene: int = 1):
+                  nouns_per_scene: int = 1, scenes: list[int] | None = None):
     """Yield labelled :class:`GroundingFrame` s from ``n_frames`` scenes: each scene rendered once
     and labelled for ``nouns_per_scene`` different objects chosen at random (the same image
     with different instructions and labels: only the noun tells them apart). Scene seeds count
-    up from ``seed``, one per arm pose tried (a pose the IK does not reach uses up its seed)."""
+    up from ``seed``, one per arm pose tried (a pose the IK does not reach uses up its seed);
+    ``scenes``: exactly these scene seeds instead (from :func:`scene_seeds`)."""
     if not 1 <= nouns_per_scene <= len(NOUNS):
         raise ValueError(f'nouns_per_scene must be in [1, {len(NOUNS)}], got {nouns_per_scene}')
     from openvla_ros.control.kinematics import ArmKinematics
@@ -103,12 +105,14 @@ def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, p
         ik = ArmKinematics(embodiment)
         start = T.start_joint_positions(sim, embodiment)
         made = 0
-        scene = seed
-        while made < n_frames:
+        for scene in (itertools.count(seed) if scenes is None else scenes):
+            if made >= n_frames:
+                break
             rng = np.random.default_rng(scene)
-            scene += 1
             joints = _arm_pose(ik, embodiment, rng, start)
             if joints is None:
+                if scenes is not None:
+                    raise ValueError(f'scene seed {scene}: the IK does not reach its arm pose')
                 continue
             T.reset_episode(sim, task, int(rng.integers(2**31)), embodiment=embodiment,
                             joint_positions=joints)
@@ -129,12 +133,63 @@ def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, p
                 yield GroundingFrame(image, noun, label, points)
 
 
+def scene_seeds(n_frames: int, seed: int = SEED_BASE) -> list[int]:
+    """The scene seeds :func:`render_frames` renders for ``n_frames`` from ``seed`` (the arm
+    poses the IK reaches), found without rendering."""
+    from openvla_ros.control.kinematics import ArmKinematics
+    from openvla_ros.sim.workcell import WorkcellSim
+
+    embodiment = T._embodiment()
+    with WorkcellSim() as sim:
+        ik = ArmKinematics(embodiment)
+        start = T.start_joint_positions(sim, embodiment)
+        found = []
+        for scene in itertools.count(seed):
+            if len(found) == n_frames:
+                return found
+            if _arm_pose(ik, embodiment, np.random.default_rng(scene), start) is not None:
+                found.append(scene)
+
+
+# scenes per job of a rendering pool: progress advances a job at a time
+POOL_JOB_SCENES = 500
+
+
+def _render_scenes(scenes: list[int], image_size: int, nouns_per_scene: int) -> list:
+    return list(render_frames(len(scenes), image_size, progress=None, nouns_per_scene=nouns_per_scene,
+                              scenes=scenes))
+
+
+def _frames(n_frames, image_size, seed, progress, per_scene, workers):
+    """The frames of :func:`render_frames`, rendered here (``workers`` 1) or, the same frames
+    in the same order, by a pool of ``workers`` processes, each given a run of the scene seeds."""
+    if workers <= 1:
+        yield from render_frames(n_frames, image_size, seed, progress, per_scene)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    seeds = scene_seeds(n_frames, seed)
+    jobs = [seeds[i:i + POOL_JOB_SCENES] for i in range(0, len(seeds), POOL_JOB_SCENES)]
+    render = partial(_render_scenes, image_size=image_size, nouns_per_scene=per_scene)
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context('spawn')) as pool:
+        done = 0
+        for job, frames in zip(jobs, pool.map(render, jobs)):
+            for _ in job:
+                done += 1
+                if progress is not None:
+                    progress(done)
+            yield from frames
+
+
 def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: int = SEED_BASE,
                   progress=None, nouns_per_scene: int = 1, labels: str = 'offset',
-                  key: str = GROUNDING_KEY) -> dict:
+                  key: str = GROUNDING_KEY, workers: int = 1) -> dict:
     """Write a grounding dataset (``openvla-dataset`` layout, statistics key ``key``): one
     episode per instruction (per object noun; one for the ``objects`` layout), its frames in
-    render order, labelled in the ``labels`` layout (:data:`LABELS`)."""
+    render order, labelled in the ``labels`` layout (:data:`LABELS`), rendered by ``workers``
+    processes (the same dataset for any number)."""
     from .dataset import Episode, finish_dataset, refuse_used_directory, write_episode
 
     if labels not in LABELS:
@@ -144,7 +199,9 @@ def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: i
     texts = [OBJECTS_INSTRUCTION] if labels == 'objects' else [instruction(n) for n in NOUNS]
     by_text: dict[str, tuple[list, list]] = {t: ([], []) for t in texts}
     per_scene = 1 if labels == 'objects' else nouns_per_scene
-    for frame in render_frames(n_frames, image_size, seed, progress, per_scene):
+    if not 1 <= per_scene <= len(NOUNS):    # here, not first in a worker process
+        raise ValueError(f'nouns_per_scene must be in [1, {len(NOUNS)}], got {per_scene}')
+    for frame in _frames(n_frames, image_size, seed, progress, per_scene, workers):
         if labels == 'objects':
             text, label = OBJECTS_INSTRUCTION, objects_label(frame)
         else:
