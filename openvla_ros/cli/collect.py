@@ -38,7 +38,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 MAX_START_JITTER_M = 0.1                     # m: beyond it many starts leave the workspace
-MAX_ACTION_NOISE_M = 0.02                    # m: above the reach expert's own 0.015 m steps
+MAX_ACTION_NOISE_M = 0.02                    # m: twice the reach expert's own 0.01 m per-axis steps
 
 
 class CollectError(Exception):

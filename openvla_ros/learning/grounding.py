@@ -86,6 +86,28 @@ def _arm_pose(ik, embodiment, rng: np.random.Generator, start: dict) -> dict | N
     return joints
 
 
+def check_nouns_per_scene(nouns_per_scene: int) -> None:
+    if not 1 <= nouns_per_scene <= len(NOUNS):
+        raise ValueError(f'nouns_per_scene must be in [1, {len(NOUNS)}], got {nouns_per_scene}')
+
+
+def _posed_scenes(sim, embodiment, seed: int, scenes: list[int] | None):
+    """(scene seed, its generator after the arm pose's draws, the joint positions) for each scene
+    whose arm pose the IK reaches: counting up from ``seed`` (a pose it does not reach uses up
+    its seed), or exactly ``scenes`` (one it does not reach is an error)."""
+    from openvla_ros.control.kinematics import ArmKinematics
+
+    ik = ArmKinematics(embodiment)
+    start = T.start_joint_positions(sim, embodiment)
+    for scene in (itertools.count(seed) if scenes is None else scenes):
+        rng = np.random.default_rng(scene)
+        joints = _arm_pose(ik, embodiment, rng, start)
+        if joints is not None:
+            yield scene, rng, joints
+        elif scenes is not None:
+            raise ValueError(f'scene seed {scene}: the IK does not reach its arm pose')
+
+
 def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, progress=None,
                   nouns_per_scene: int = 1, scenes: list[int] | None = None):
     """Yield labelled :class:`GroundingFrame` s from ``n_frames`` scenes: each scene rendered once
@@ -93,27 +115,15 @@ def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, p
     with different instructions and labels: only the noun tells them apart). Scene seeds count
     up from ``seed``, one per arm pose tried (a pose the IK does not reach uses up its seed);
     ``scenes``: exactly these scene seeds instead (from :func:`scene_seeds`)."""
-    if not 1 <= nouns_per_scene <= len(NOUNS):
-        raise ValueError(f'nouns_per_scene must be in [1, {len(NOUNS)}], got {nouns_per_scene}')
-    from openvla_ros.control.kinematics import ArmKinematics
+    check_nouns_per_scene(nouns_per_scene)
     from openvla_ros.sim.workcell import WorkcellSim
 
     embodiment = T._embodiment()
     task = T.TASKS[T.REACH_TASKS[0]]            # every task places the same objects
     nouns = list(NOUNS)
     with WorkcellSim() as sim:
-        ik = ArmKinematics(embodiment)
-        start = T.start_joint_positions(sim, embodiment)
-        made = 0
-        for scene in (itertools.count(seed) if scenes is None else scenes):
-            if made >= n_frames:
-                break
-            rng = np.random.default_rng(scene)
-            joints = _arm_pose(ik, embodiment, rng, start)
-            if joints is None:
-                if scenes is not None:
-                    raise ValueError(f'scene seed {scene}: the IK does not reach its arm pose')
-                continue
+        posed = itertools.islice(_posed_scenes(sim, embodiment, seed, scenes), n_frames)
+        for made, (_, rng, joints) in enumerate(posed, 1):
             T.reset_episode(sim, task, int(rng.integers(2**31)), embodiment=embodiment,
                             joint_positions=joints)
             tip = T.gripper_point(sim)
@@ -124,7 +134,6 @@ def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, p
             opening = T.gripper_open_fraction(sim, embodiment)
             image = np.ascontiguousarray(sim.render(width=image_size, height=image_size), dtype=np.uint8)
             points = {n: T.grasp_point(sim, body) for n, body in NOUNS.items()}
-            made += 1
             if progress is not None:
                 progress(made)
             for noun in chosen:
@@ -136,19 +145,11 @@ def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, p
 def scene_seeds(n_frames: int, seed: int = SEED_BASE) -> list[int]:
     """The scene seeds :func:`render_frames` renders for ``n_frames`` from ``seed`` (the arm
     poses the IK reaches), found without rendering."""
-    from openvla_ros.control.kinematics import ArmKinematics
     from openvla_ros.sim.workcell import WorkcellSim
 
-    embodiment = T._embodiment()
     with WorkcellSim() as sim:
-        ik = ArmKinematics(embodiment)
-        start = T.start_joint_positions(sim, embodiment)
-        found = []
-        for scene in itertools.count(seed):
-            if len(found) == n_frames:
-                return found
-            if _arm_pose(ik, embodiment, np.random.default_rng(scene), start) is not None:
-                found.append(scene)
+        posed = _posed_scenes(sim, T._embodiment(), seed, None)
+        return [scene for scene, _, _ in itertools.islice(posed, n_frames)]
 
 
 # scenes per job of a rendering pool: progress advances a job at a time
@@ -199,8 +200,7 @@ def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: i
     texts = [OBJECTS_INSTRUCTION] if labels == 'objects' else [instruction(n) for n in NOUNS]
     by_text: dict[str, tuple[list, list]] = {t: ([], []) for t in texts}
     per_scene = 1 if labels == 'objects' else nouns_per_scene
-    if not 1 <= per_scene <= len(NOUNS):    # here, not first in a worker process
-        raise ValueError(f'nouns_per_scene must be in [1, {len(NOUNS)}], got {per_scene}')
+    check_nouns_per_scene(per_scene)        # here, not first in a worker process
     for frame in _frames(n_frames, image_size, seed, progress, per_scene, workers):
         if labels == 'objects':
             text, label = OBJECTS_INSTRUCTION, objects_label(frame)
