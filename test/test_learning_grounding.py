@@ -64,8 +64,9 @@ def test_cli_writes_a_dataset_and_refuses_a_used_directory(tmp_path, capsys):
 
 def test_label_layouts_position_first_and_every_object_in_a_slot(tmp_path):
     """``position`` reorders the offset layout (the named object's place first); ``objects``
-    labels each scene once, under one instruction, with every reach object in a fixed slot; the
-    statistics key can be chosen so two grounding datasets mix into one fine-tune."""
+    labels each scene once, under one instruction, with every reach object in a fixed slot and
+    the finger tips' y last, all seven normalised; the statistics key can be chosen so two
+    grounding datasets mix into one fine-tune."""
     offset = G.build_dataset(tmp_path / 'o', 3, image_size=32, seed=321, nouns_per_scene=5)
     G.build_dataset(tmp_path / 'p', 3, image_size=32, seed=321, nouns_per_scene=5, labels='position')
     info = G.build_dataset(tmp_path / 'a', 3, image_size=32, seed=321, labels='objects', key='sim_objects')
@@ -79,7 +80,12 @@ def test_label_layouts_position_first_and_every_object_in_a_slot(tmp_path):
     for slot, noun in enumerate(G.SLOT_NOUNS):   # the same scenes: the slot holds that noun's place
         np.testing.assert_allclose(objects.actions[:, 2 * slot:2 * slot + 2],
                                    by_text[G.instruction(noun)].actions[:, 3:5])
-    np.testing.assert_array_equal(objects.images, by_text[G.instruction('red block')].images)
+    red = by_text[G.instruction('red block')]
+    np.testing.assert_array_equal(objects.images, red.images)
+    # the tips' y: the red block's y less its offset from the tips (the offset layout's oy - ty)
+    np.testing.assert_allclose(objects.actions[:, 6], red.actions[:, 4] - red.actions[:, 1], atol=1e-6)
+    assert load_statistics(tmp_path / 'a')['sim_objects']['action']['mask'] == [True] * 7
+    assert load_statistics(tmp_path / 'o')['sim_grounding']['action']['mask'][6] is False
     with pytest.raises(ValueError, match='labels'):
         G.build_dataset(tmp_path / 'x', 1, labels='nope')
 

@@ -4,11 +4,12 @@
 # pose around the start pose), grounding scenes (rendered workcell scenes labelled with where the
 # objects are: 16000 with every reach object in a fixed slot, 12000 labelled for each of the five
 # nouns with the named object's offset from the finger tips first), a small OpenVLA-architecture
-# policy trained from scratch in at most 20 minutes in three phases (by default 40% / 35% / 25% of
+# policy trained from scratch in at most 20 minutes in three phases (by default 45% / 40% / 15% of
 # the time: the fixed-slot scenes; the offsets, with the fixed-slot scenes as half of every batch;
-# the demonstrations, with the offset scenes as half of every batch), then closed-loop
-# evaluation in lockstep on 50 held-out seeds per task (1000-1049) of the trained policy, the
-# instruction-shuffled control and the untrained model (same initialisation, same statistics).
+# the demonstrations, with the offset scenes as half of every batch; batches of 64, one process on
+# both cores, so nothing else should run beside it), then closed-loop evaluation in lockstep on 50
+# held-out seeds per task (1000-1049) of the trained policy, the instruction-shuffled control and
+# the untrained model (same initialisation, same statistics), two evaluations side by side.
 # Results: output/proof/eval*/summary.md.
 #
 # Steps whose output exists are skipped (delete output/proof/<step> to redo one). PROOF_EPISODES
@@ -21,16 +22,16 @@ OUT="${PROOF_OUT:-$ROOT/output/proof}"
 DEMOS="${PROOF_DEMOS:-100}"             # demonstrations per reach task (3 tasks, at most 300 in all)
 EVAL_EPISODES="${PROOF_EPISODES:-50}"   # held-out evaluation episodes per task and policy
 TRAIN_MIN="${PROOF_TRAIN_MIN:-20}"      # minutes of training in all
-read -r SHARE1 SHARE2 SHARE3 <<< "${PROOF_SPLIT:-0.4 0.35 0.25}"   # the phases' shares of it
+read -r SHARE1 SHARE2 SHARE3 <<< "${PROOF_SPLIT:-0.45 0.4 0.15}"   # the phases' shares of it
 EVAL_TASKS="${PROOF_EVAL_TASKS:-reach_red_block,reach_green_can,reach_purple_block}"
 IMAGE=128                               # camera frames, pixels; the model sees 56 x 56 in patches of 14
 "$ROOT/tools/setup.sh"
 cd "$ROOT"
 eval "$("$ROOT/.venv/bin/python" -m openvla_ros.runtime_env)"
 BIN="$ROOT/.venv/bin"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"   # one training run on both cores
 minutes() { python3 -c "print($TRAIN_MIN * $1)"; }
-small=(--batch-size 32 --learning-rate 2e-3 --threads "$OMP_NUM_THREADS" --no-progress)
+small=(--batch-size 64 --learning-rate 3e-3 --threads "$OMP_NUM_THREADS" --no-progress)
 
 [ -f "$OUT/dataset/dataset_statistics.json" ] || \
   "$BIN/openvla-collect" --task reach_red_block --task reach_green_can --task reach_purple_block \
@@ -55,7 +56,7 @@ small=(--batch-size 32 --learning-rate 2e-3 --threads "$OMP_NUM_THREADS" --no-pr
 [ -f "$OUT/train/checkpoint/model.safetensors" ] || \
   "$BIN/openvla-finetune" --checkpoint "$OUT/phase2/checkpoint" --dataset "$OUT/dataset" --out "$OUT/train" \
     --mix-dataset "$OUT/offsets" --mix-fraction 0.5 \
-    --steps 6000 --lr-schedule cosine --warmup-steps 100 --augment-shift-px 2 --eval-every 1000 \
+    --steps 2500 --lr-schedule cosine --warmup-steps 100 --augment-shift-px 2 --eval-every 1000 \
     --save-every 1000 --time-limit-min "$(minutes "$SHARE3")" "${small[@]}"
 # the untrained control: the same initialisation, exported with the dataset's statistics
 [ -f "$OUT/untrained/checkpoint/model.safetensors" ] || \
@@ -63,9 +64,11 @@ small=(--batch-size 32 --learning-rate 2e-3 --threads "$OMP_NUM_THREADS" --no-pr
 
 common=(--tasks "$EVAL_TASKS" --episodes "$EVAL_EPISODES" --seed 1000 --held-out --unnorm-key sim_widowx
         --image-width "$IMAGE" --image-height "$IMAGE" --no-video --dtype float32 --resume)
-"$BIN/openvla-eval" --checkpoint "$OUT/train/checkpoint" --policy model shuffled "${common[@]}" \
-  --output "$OUT/eval_trained"
-"$BIN/openvla-eval" --checkpoint "$OUT/untrained/checkpoint" --policy model "${common[@]}" \
-  --output "$OUT/eval_untrained"
+# the two evaluations side by side, one core each
+OMP_NUM_THREADS=1 "$BIN/openvla-eval" --checkpoint "$OUT/train/checkpoint" --policy model shuffled "${common[@]}" \
+  --output "$OUT/eval_trained" & trained=$!
+OMP_NUM_THREADS=1 "$BIN/openvla-eval" --checkpoint "$OUT/untrained/checkpoint" --policy model "${common[@]}" \
+  --output "$OUT/eval_untrained" & untrained=$!
+wait "$trained"; wait "$untrained"        # either one failing stops the script
 "$BIN/openvla-eval" --compare "$OUT/eval_trained" "$OUT/eval_untrained" --output "$OUT/comparison"
 cat "$OUT/eval_trained/summary.md" "$OUT/eval_untrained/summary.md"

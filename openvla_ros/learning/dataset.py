@@ -112,8 +112,10 @@ def write_episode(out: Path, index: int, episode: Episode) -> Path:
     return path
 
 
-def finish_dataset(out: Path, key: str = DEFAULT_DATASET_KEY, extra_info: dict | None = None) -> dict:
-    """Statistics and meta/info.json over every episode file in ``out``."""
+def finish_dataset(out: Path, key: str = DEFAULT_DATASET_KEY, extra_info: dict | None = None,
+                   mask: list[bool] | None = None) -> dict:
+    """Statistics and meta/info.json over every episode file in ``out`` (``mask``: which
+    dimensions are normalised, :func:`compute_statistics`'s default when None)."""
     episodes = list(iter_episodes(out))
     if not episodes:
         raise DatasetError(f'{out}: no episodes')
@@ -121,7 +123,7 @@ def finish_dataset(out: Path, key: str = DEFAULT_DATASET_KEY, extra_info: dict |
     dims = {e.actions.shape[1] for e in episodes}
     if len(dims) != 1:
         raise DatasetError(f'{out}: episodes disagree on the action dimension ({sorted(dims)})')
-    stats = {key: compute_statistics(actions, len(episodes))}
+    stats = {key: compute_statistics(actions, len(episodes), mask)}
     (out / STATISTICS_FILE).write_text(json.dumps(stats, indent=2))
     info = {'format': 'openvla_ros-npz-v1', 'dataset_key': key, 'episodes': len(episodes),
             'transitions': int(actions.shape[0]),

@@ -51,11 +51,14 @@ def instruction(noun: str) -> str:
 #   position: per noun, [ox, oy, ox - tx, oy - ty, oz - tz, tx, gripper]: the first token is the
 #             named object's own place, with nothing to subtract;
 #   objects:  one fixed instruction, OBJECTS_INSTRUCTION, and every reach object in a fixed slot,
-#             [x, y] of each of SLOT_NOUNS, then gripper: no choice by the instruction, so each
-#             slot is a single-object lookup (which a small model learns far sooner than the
-#             choice among objects; BENCHMARKS.md, "Learning proof").
+#             [x, y] of each of SLOT_NOUNS, then the finger tips' y: no choice by the instruction,
+#             so each slot is a single-object lookup (which a small model learns far sooner than
+#             the choice among objects; BENCHMARKS.md, "Learning proof"). The tips' y is
+#             labelled nowhere else on its own (the offset layout holds it only inside oy - ty,
+#             and labels the tips' x); every dimension is normalised (OBJECTS_MASK).
 LABELS = ('offset', 'position', 'objects')
 OBJECTS_INSTRUCTION = 'where are the objects'
+OBJECTS_MASK = [True] * 7       # positions only: no absolute gripper dimension to leave as it is
 SLOT_NOUNS = ('red block', 'green can', 'purple block')
 _POSITION_ORDER = [3, 4, 0, 1, 2, 5, 6]
 
@@ -66,12 +69,13 @@ class GroundingFrame:
     noun: str
     label: np.ndarray        # float [7], see the module docstring
     points: dict | None = None   # noun -> grasp point [3] of every object of the scene, m
+    tip: np.ndarray | None = None   # the finger tips [3], m
 
 
 def objects_label(frame: GroundingFrame) -> np.ndarray:
     """The ``objects`` layout of ``frame``'s scene: [x, y] of each of SLOT_NOUNS, then the
-    gripper opening."""
-    return np.array([*(v for n in SLOT_NOUNS for v in frame.points[n][:2]), frame.label[6]],
+    finger tips' y."""
+    return np.array([*(v for n in SLOT_NOUNS for v in frame.points[n][:2]), frame.tip[1]],
                     dtype=np.float64)
 
 
@@ -139,7 +143,7 @@ def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, p
             for noun in chosen:
                 obj = points[noun]
                 label = np.array([*(obj - tip), obj[0], obj[1], tip[0], opening], dtype=np.float64)
-                yield GroundingFrame(image, noun, label, points)
+                yield GroundingFrame(image, noun, label, points, tip)
 
 
 def scene_seeds(n_frames: int, seed: int = SEED_BASE) -> list[int]:
@@ -219,4 +223,5 @@ def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: i
         index += 1
     return finish_dataset(out, key, {'grounding_frames': n_frames, 'seeds': [],
                                      'grounding_seed': seed, 'grounding_labels': labels,
-                                     'nouns_per_scene': per_scene})
+                                     'nouns_per_scene': per_scene},
+                          mask=OBJECTS_MASK if labels == 'objects' else None)
