@@ -14,7 +14,9 @@
 #
 # Steps whose output exists are skipped (delete output/proof/<step> to redo one). PROOF_EPISODES
 # and PROOF_TRAIN_MIN shrink the run; PROOF_SPLIT sets the three phases' shares of the training
-# time; PROOF_EVAL_TASKS (default the reach tasks, the only ones demonstrated) the evaluated tasks.
+# time; PROOF_TRAIN_SEED (default 0) the model's initialisation and the batches' draws (the
+# untrained control's too; give another seed its own PROOF_OUT); PROOF_EVAL_TASKS (default the
+# reach tasks, the only ones demonstrated) the evaluated tasks.
 # BENCHMARKS.md ("Learning proof") lists what these steps gave and the variants tried.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +24,7 @@ OUT="${PROOF_OUT:-$ROOT/output/proof}"
 DEMOS="${PROOF_DEMOS:-100}"             # demonstrations per reach task (3 tasks, at most 300 in all)
 EVAL_EPISODES="${PROOF_EPISODES:-50}"   # held-out evaluation episodes per task and policy
 TRAIN_MIN="${PROOF_TRAIN_MIN:-20}"      # minutes of training in all
+TRAIN_SEED="${PROOF_TRAIN_SEED:-0}"
 read -r SHARE1 SHARE2 SHARE3 <<< "${PROOF_SPLIT:-0.45 0.4 0.15}"   # the phases' shares of it
 EVAL_TASKS="${PROOF_EVAL_TASKS:-reach_red_block,reach_green_can,reach_purple_block}"
 IMAGE=128                               # camera frames, pixels; the model sees 56 x 56 in patches of 14
@@ -31,7 +34,7 @@ eval "$("$ROOT/.venv/bin/python" -m openvla_ros.runtime_env)"
 BIN="$ROOT/.venv/bin"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"   # one training run on both cores
 minutes() { python3 -c "print($TRAIN_MIN * $1)"; }
-small=(--batch-size 64 --learning-rate 3e-3 --threads "$OMP_NUM_THREADS" --no-progress)
+small=(--batch-size 64 --learning-rate 3e-3 --threads "$OMP_NUM_THREADS" --seed "$TRAIN_SEED" --no-progress)
 
 [ -f "$OUT/dataset/dataset_statistics.json" ] || \
   "$BIN/openvla-collect" --task reach_red_block --task reach_green_can --task reach_purple_block \
@@ -60,7 +63,8 @@ small=(--batch-size 64 --learning-rate 3e-3 --threads "$OMP_NUM_THREADS" --no-pr
     --save-every 1000 --time-limit-min "$(minutes "$SHARE3")" "${small[@]}"
 # the untrained control: the same initialisation, exported with the dataset's statistics
 [ -f "$OUT/untrained/checkpoint/model.safetensors" ] || \
-  "$BIN/openvla-finetune" --small 56 --small-patch 14 --dataset "$OUT/dataset" --out "$OUT/untrained" --steps 0 --no-progress
+  "$BIN/openvla-finetune" --small 56 --small-patch 14 --dataset "$OUT/dataset" --out "$OUT/untrained" --steps 0 \
+    --seed "$TRAIN_SEED" --no-progress
 
 common=(--tasks "$EVAL_TASKS" --episodes "$EVAL_EPISODES" --seed 1000 --held-out --unnorm-key sim_widowx
         --image-width "$IMAGE" --image-height "$IMAGE" --no-video --dtype float32 --resume)
