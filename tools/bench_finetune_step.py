@@ -4,7 +4,7 @@ projection, with its equal ``lm_head`` rows projected once (``SharedRows``), and
 and the fused AdamW kernel (``fused=True``, as ``openvla-finetune`` trains).
 
 Each step is ``action_loss`` forward + backward + AdamW on a synthetic batch (random pixels, a
-30-token prompt, 7 action tokens + EOS labelled), the model and optimizer of the two paths built
+30-token prompt, 7 action tokens + EOS labelled), the model and optimizer of each path built
 from the same small checkpoint. The paths alternate step by step (the order swaps every round),
 so a change of machine load falls on both alike; warm-up rounds are not counted. Prints the median
 seconds per step of each path, the ratios, and the largest relative difference of the losses on

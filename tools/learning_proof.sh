@@ -73,6 +73,8 @@ OMP_NUM_THREADS=1 "$BIN/openvla-eval" --checkpoint "$OUT/train/checkpoint" --pol
   --output "$OUT/eval_trained" & trained=$!
 OMP_NUM_THREADS=1 "$BIN/openvla-eval" --checkpoint "$OUT/untrained/checkpoint" --policy model "${common[@]}" \
   --output "$OUT/eval_untrained" & untrained=$!
-wait "$trained"; wait "$untrained"        # either one failing stops the script
+# either one failing stops the script, and the other evaluation with it
+wait "$trained" || { kill "$untrained" 2>/dev/null; exit 1; }
+wait "$untrained"
 "$BIN/openvla-eval" --compare "$OUT/eval_trained" "$OUT/eval_untrained" --output "$OUT/comparison"
 cat "$OUT/eval_trained/summary.md" "$OUT/eval_untrained/summary.md"

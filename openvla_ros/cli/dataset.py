@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--labels', default='offset', metavar='LAYOUT',
                    help='offset (default): per named object, its offset from the finger tips first; position: its place '
                         'first; objects: one instruction, "where are the objects", every reach object in a '
-                        'fixed slot (a pre-training step before the choice by the noun)')
+                        "fixed slot, then the finger tips' y (a pre-training step before the choice by the noun)")
     g.add_argument('--key', default=None, help='statistics key (default sim_grounding; another one lets two '
                    'grounding datasets be mixed into one fine-tune)')
     g.add_argument('--workers', type=int, default=1, help='rendering processes (the dataset is the same for any '
