@@ -127,3 +127,31 @@ def test_installed_tool_renders_with_a_pool(tmp_path):
     for a, b in zip(iter_episodes(out), iter_episodes(tmp_path / 'one'), strict=True):
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.actions, b.actions)
+
+
+def test_nouns_name_only_the_chosen_objects(tmp_path):
+    """--nouns: only the chosen objects are named (every scene still holds all of them, so a
+    named object's label is the one the five-noun scene gives it); an unknown noun, too many
+    nouns per scene or nouns with the objects layout are refused before anything is written."""
+    reach = ['red block', 'green can', 'purple block']
+    out = tmp_path / 'reach'
+    assert cli.main(['grounding', '--frames', '4', '--out', str(out), '--image-size', '32', '--seed', '91',
+                     '--nouns-per-scene', '3', '--nouns', ','.join(reach)]) == 0
+    episodes = list(iter_episodes(out))
+    assert [e.instruction for e in episodes] == [G.instruction(n) for n in reach]
+    assert all(len(e.actions) == 4 for e in episodes)
+    info = json.loads((out / 'meta' / 'info.json').read_text())
+    assert info['nouns'] == reach and info['transitions'] == 12
+    every = {(f.noun, f.image.tobytes()): f.label
+             for f in G.render_frames(4, image_size=32, seed=91, nouns_per_scene=len(G.NOUNS))}
+    for e in episodes:
+        noun = e.instruction.removeprefix('where is the ')
+        for image, label in zip(e.images, e.actions):
+            np.testing.assert_allclose(label, every[(noun, image.tobytes())])
+    for bad in (['--nouns', 'red block,unicorn'], ['--nouns', 'red block', '--nouns-per-scene', '2'],
+                ['--nouns', 'red block', '--labels', 'objects']):
+        target = tmp_path / 'bad'
+        assert cli.main(['grounding', '--frames', '1', '--out', str(target), *bad]) == 2
+        assert not target.exists() or not any(target.iterdir())
+    with pytest.raises(ValueError, match='nouns must be among'):
+        G.build_dataset(tmp_path / 'x', 1, nouns=['unicorn'])

@@ -2,8 +2,8 @@
 # The learning loop's proof, end to end on a CPU: scripted-expert demonstrations of the three reach
 # tasks (100 each, a scene of its own per demonstration: seeds 0-299, each starting from a seeded
 # pose around the start pose), grounding scenes (rendered workcell scenes labelled with where the
-# objects are: 16000 with every reach object in a fixed slot, 12000 labelled for each of the five
-# nouns with the named object's offset from the finger tips first), a small OpenVLA-architecture
+# objects are: 16000 with every reach object in a fixed slot, 12000 labelled for each of the three
+# reach nouns with the named object's offset from the finger tips first), a small OpenVLA-architecture
 # policy trained from scratch in at most 20 minutes in three phases (by default 45% / 40% / 15% of
 # the time: the fixed-slot scenes; the offsets, with the fixed-slot scenes as half of every batch;
 # the demonstrations, with the offset scenes as half of every batch; batches of 64, one process on
@@ -15,8 +15,9 @@
 # Steps whose output exists are skipped (delete output/proof/<step> to redo one). PROOF_EPISODES
 # and PROOF_TRAIN_MIN shrink the run; PROOF_SPLIT sets the three phases' shares of the training
 # time; PROOF_TRAIN_SEED (default 0) the model's initialisation and the batches' draws (the
-# untrained control's too; give another seed its own PROOF_OUT); PROOF_EVAL_TASKS (default the
-# reach tasks, the only ones demonstrated) the evaluated tasks.
+# untrained control's too; give another seed its own PROOF_OUT); PROOF_NOUNS (default the reach
+# tasks' three) the objects the offset scenes name; PROOF_EVAL_TASKS (default the reach tasks, the
+# only ones demonstrated) the evaluated tasks.
 # BENCHMARKS.md ("Learning proof") lists what these steps gave and the variants tried.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +27,8 @@ EVAL_EPISODES="${PROOF_EPISODES:-50}"   # held-out evaluation episodes per task 
 TRAIN_MIN="${PROOF_TRAIN_MIN:-20}"      # minutes of training in all
 TRAIN_SEED="${PROOF_TRAIN_SEED:-0}"
 read -r SHARE1 SHARE2 SHARE3 <<< "${PROOF_SPLIT:-0.45 0.4 0.15}"   # the phases' shares of it
+NOUNS="${PROOF_NOUNS:-red block,green can,purple block}"
+NOUNS_PER_SCENE="$(python3 -c "import sys; print(len(sys.argv[1].split(',')))" "$NOUNS")"
 EVAL_TASKS="${PROOF_EVAL_TASKS:-reach_red_block,reach_green_can,reach_purple_block}"
 IMAGE=128                               # camera frames, pixels; the model sees 56 x 56 in patches of 14
 "$ROOT/tools/setup.sh"
@@ -44,7 +47,8 @@ small=(--batch-size 64 --learning-rate 3e-3 --threads "$OMP_NUM_THREADS" --seed 
   "$BIN/openvla-dataset" grounding --frames 16000 --labels objects --key sim_objects --image-size "$IMAGE" \
     --workers 2 --out "$OUT/objects"
 [ -f "$OUT/offsets/dataset_statistics.json" ] || \
-  "$BIN/openvla-dataset" grounding --frames 12000 --nouns-per-scene 5 --labels offset --seed 500000 \
+  "$BIN/openvla-dataset" grounding --frames 12000 --nouns "$NOUNS" --nouns-per-scene "$NOUNS_PER_SCENE" \
+    --labels offset --seed 500000 \
     --image-size "$IMAGE" --workers 2 --out "$OUT/offsets"
 
 [ -f "$OUT/phase1/checkpoint/model.safetensors" ] || \

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--nouns-per-scene', type=int, default=1, metavar='K',
                    help='label each scene for K different objects (K samples of the same image that only '
                         'the instruction tells apart; at most the number of objects)')
+    g.add_argument('--nouns', default=None, metavar='NOUN,NOUN',
+                   help='name only these objects, comma-separated (default all: red block, green can, purple '
+                        'block, spoon, towel); every object is in every scene either way')
     g.add_argument('--labels', default='offset', metavar='LAYOUT',
                    help='offset (default): per named object, its offset from the finger tips first; position: its place '
                         'first; objects: one instruction, "where are the objects", every reach object in a '
@@ -98,8 +101,13 @@ def _grounding(args) -> int:
         raise DatasetError(f'--frames and --image-size must be >= 1, got {args.frames}, {args.image_size}')
     if args.labels not in grounding.LABELS:
         raise DatasetError(f'--labels must be one of {", ".join(grounding.LABELS)}, got {args.labels!r}')
-    if not 1 <= args.nouns_per_scene <= len(grounding.NOUNS):
-        raise DatasetError(f'--nouns-per-scene must be in [1, {len(grounding.NOUNS)}], got {args.nouns_per_scene}')
+    nouns = None if args.nouns is None else [n.strip() for n in args.nouns.split(',') if n.strip()]
+    if nouns is not None and args.labels == 'objects':
+        raise DatasetError('--nouns: the objects layout names no noun (every reach object has its slot)')
+    try:
+        grounding.check_nouns(args.nouns_per_scene, nouns)
+    except ValueError as exc:
+        raise DatasetError(f'--nouns / --nouns-per-scene: {exc}') from None
     if args.workers < 1:
         raise DatasetError(f'--workers must be >= 1, got {args.workers}')
     from tqdm import tqdm
@@ -109,7 +117,8 @@ def _grounding(args) -> int:
                                        grounding.SEED_BASE if args.seed is None else args.seed,
                                        progress=lambda n: bar.update(1),
                                        nouns_per_scene=args.nouns_per_scene, labels=args.labels,
-                                       key=args.key or grounding.GROUNDING_KEY, workers=args.workers)
+                                       key=args.key or grounding.GROUNDING_KEY, workers=args.workers,
+                                       nouns=nouns)
     print(f'{out}: {info["transitions"]} labelled frames, {info["episodes"]} instruction(s) '
           f'(statistics key {info["dataset_key"]})')
     return EXIT_OK

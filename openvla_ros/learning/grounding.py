@@ -90,9 +90,16 @@ def _arm_pose(ik, embodiment, rng: np.random.Generator, start: dict) -> dict | N
     return joints
 
 
-def check_nouns_per_scene(nouns_per_scene: int) -> None:
-    if not 1 <= nouns_per_scene <= len(NOUNS):
-        raise ValueError(f'nouns_per_scene must be in [1, {len(NOUNS)}], got {nouns_per_scene}')
+def check_nouns(nouns_per_scene: int, nouns=None) -> tuple[str, ...]:
+    """The nouns a dataset names (``nouns``: a subset of :data:`NOUNS`, in that order; None: all
+    of them), checked together with ``nouns_per_scene``."""
+    chosen = tuple(NOUNS) if nouns is None else tuple(n for n in NOUNS if n in set(nouns))
+    unknown = sorted(set(nouns or ()) - set(NOUNS))
+    if unknown or not chosen:
+        raise ValueError(f'nouns must be among {list(NOUNS)}, got {list(nouns or ())}')
+    if not 1 <= nouns_per_scene <= len(chosen):
+        raise ValueError(f'nouns_per_scene must be in [1, {len(chosen)}], got {nouns_per_scene}')
+    return chosen
 
 
 def _posed_scenes(sim, embodiment, seed: int, scenes: list[int] | None):
@@ -113,18 +120,18 @@ def _posed_scenes(sim, embodiment, seed: int, scenes: list[int] | None):
 
 
 def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, progress=None,
-                  nouns_per_scene: int = 1, scenes: list[int] | None = None):
+                  nouns_per_scene: int = 1, scenes: list[int] | None = None, nouns=None):
     """Yield labelled :class:`GroundingFrame` s from ``n_frames`` scenes: each scene rendered once
-    and labelled for ``nouns_per_scene`` different objects chosen at random (the same image
-    with different instructions and labels: only the noun tells them apart). Scene seeds count
-    up from ``seed``, one per arm pose tried (a pose the IK does not reach uses up its seed);
-    ``scenes``: exactly these scene seeds instead (from :func:`scene_seeds`)."""
-    check_nouns_per_scene(nouns_per_scene)
+    and labelled for ``nouns_per_scene`` different objects chosen at random among ``nouns``
+    (default all of :data:`NOUNS`; every object is in every scene whichever are named: the
+    same image with different instructions and labels, only the noun tells them apart). Scene
+    seeds count up from ``seed``, one per arm pose tried (a pose the IK does not reach uses up
+    its seed); ``scenes``: exactly these scene seeds instead (from :func:`scene_seeds`)."""
+    nouns = list(check_nouns(nouns_per_scene, nouns))
     from openvla_ros.sim.workcell import WorkcellSim
 
     embodiment = T._embodiment()
     task = T.TASKS[T.REACH_TASKS[0]]            # every task places the same objects
-    nouns = list(NOUNS)
     with WorkcellSim() as sim:
         posed = itertools.islice(_posed_scenes(sim, embodiment, seed, scenes), n_frames)
         for made, (_, rng, joints) in enumerate(posed, 1):
@@ -160,16 +167,16 @@ def scene_seeds(n_frames: int, seed: int = SEED_BASE) -> list[int]:
 POOL_JOB_SCENES = 500
 
 
-def _render_scenes(scenes: list[int], image_size: int, nouns_per_scene: int) -> list:
+def _render_scenes(scenes: list[int], image_size: int, nouns_per_scene: int, nouns) -> list:
     return list(render_frames(len(scenes), image_size, progress=None, nouns_per_scene=nouns_per_scene,
-                              scenes=scenes))
+                              scenes=scenes, nouns=nouns))
 
 
-def _frames(n_frames, image_size, seed, progress, per_scene, workers):
+def _frames(n_frames, image_size, seed, progress, per_scene, workers, nouns=None):
     """The frames of :func:`render_frames`, rendered here (``workers`` 1) or, the same frames
     in the same order, by a pool of ``workers`` processes, each given a run of the scene seeds."""
     if workers <= 1:
-        yield from render_frames(n_frames, image_size, seed, progress, per_scene)
+        yield from render_frames(n_frames, image_size, seed, progress, per_scene, nouns=nouns)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -177,7 +184,7 @@ def _frames(n_frames, image_size, seed, progress, per_scene, workers):
 
     seeds = scene_seeds(n_frames, seed)
     jobs = [seeds[i:i + POOL_JOB_SCENES] for i in range(0, len(seeds), POOL_JOB_SCENES)]
-    render = partial(_render_scenes, image_size=image_size, nouns_per_scene=per_scene)
+    render = partial(_render_scenes, image_size=image_size, nouns_per_scene=per_scene, nouns=nouns)
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context('spawn')) as pool:
         done = 0
         for job, frames in zip(jobs, pool.map(render, jobs)):
@@ -190,22 +197,24 @@ def _frames(n_frames, image_size, seed, progress, per_scene, workers):
 
 def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: int = SEED_BASE,
                   progress=None, nouns_per_scene: int = 1, labels: str = 'offset',
-                  key: str = GROUNDING_KEY, workers: int = 1) -> dict:
+                  key: str = GROUNDING_KEY, workers: int = 1, nouns=None) -> dict:
     """Write a grounding dataset (``openvla-dataset`` layout, statistics key ``key``): one
-    episode per instruction (per object noun; one for the ``objects`` layout), its frames in
-    render order, labelled in the ``labels`` layout (:data:`LABELS`), rendered by ``workers``
-    processes (the same dataset for any number)."""
+    episode per instruction (per object noun named, ``nouns`` as in :func:`render_frames`; one
+    for the ``objects`` layout), its frames in render order, labelled in the ``labels`` layout
+    (:data:`LABELS`), rendered by ``workers`` processes (the same dataset for any number)."""
     from .dataset import Episode, finish_dataset, refuse_used_directory, write_episode
 
     if labels not in LABELS:
         raise ValueError(f'labels must be one of {LABELS}, got {labels!r}')
     out = Path(out)
     refuse_used_directory(out)
-    texts = [OBJECTS_INSTRUCTION] if labels == 'objects' else [instruction(n) for n in NOUNS]
-    by_text: dict[str, tuple[list, list]] = {t: ([], []) for t in texts}
+    if labels == 'objects' and nouns is not None:
+        raise ValueError('the objects layout names no noun (its slots are SLOT_NOUNS): nouns must be None')
     per_scene = 1 if labels == 'objects' else nouns_per_scene
-    check_nouns_per_scene(per_scene)        # here, not first in a worker process
-    for frame in _frames(n_frames, image_size, seed, progress, per_scene, workers):
+    named = check_nouns(per_scene, nouns)        # here, not first in a worker process
+    texts = [OBJECTS_INSTRUCTION] if labels == 'objects' else [instruction(n) for n in named]
+    by_text: dict[str, tuple[list, list]] = {t: ([], []) for t in texts}
+    for frame in _frames(n_frames, image_size, seed, progress, per_scene, workers, nouns):
         if labels == 'objects':
             text, label = OBJECTS_INSTRUCTION, objects_label(frame)
         else:
@@ -223,5 +232,5 @@ def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: i
         index += 1
     return finish_dataset(out, key, {'grounding_frames': n_frames, 'seeds': [],
                                      'grounding_seed': seed, 'grounding_labels': labels,
-                                     'nouns_per_scene': per_scene},
+                                     'nouns_per_scene': per_scene, 'nouns': list(named)},
                           mask=OBJECTS_MASK if labels == 'objects' else None)
