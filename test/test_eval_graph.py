@@ -11,8 +11,12 @@ duration also travels in whole nanoseconds.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +146,62 @@ def test_refused_actions_are_steps_through_the_graph_too(graph):
     assert [s for s, _ in inproc.refusals] == [2, 3, 4]
     assert through.refusals == inproc.refusals          # same steps, the controller's own reasons
     _assert_same_episode(through, inproc)
+
+
+class _StallingExpert:
+    """The expert, but before its first action sim_node's process is stopped (SIGSTOP) for
+    ``stall_s``, as a loaded machine can starve it, and continued only after the action is out:
+    the action reaches arm_controller with joint states ``stall_s`` old on the steady clock."""
+
+    uses_image = False
+
+    def __init__(self, pid: int, stall_s: float):
+        from openvla_ros.evaluation.policies import ExpertPolicy
+
+        self._expert, self._pid, self._stall_s, self._steps = ExpertPolicy(), pid, stall_s, 0
+        self.resumed = threading.Event()
+
+    def start_episode(self, env, task):
+        self._expert.start_episode(env, task)
+
+    def predict(self, image, instruction, unnorm_key=None):
+        result = self._expert.predict(image, instruction, unnorm_key)
+        if self._steps == 0:
+            os.kill(self._pid, signal.SIGSTOP)
+            try:
+                time.sleep(self._stall_s)
+            finally:
+                threading.Timer(0.5, self._resume).start()
+        self._steps += 1
+        return result
+
+    def _resume(self):
+        os.kill(self._pid, signal.SIGCONT)
+        self.resumed.set()
+
+
+def test_a_starved_simulator_does_not_refuse_an_evaluation_action(graph):
+    """On a loaded machine sim_node's paused re-publication of the joint states can lag (1.7 s was
+    seen); the evaluation graph bounds their steady-clock age at LOCKSTEP_MAX_JOINT_STATE_AGE_S
+    instead of the embodiment's 0.5 s, so the episode is the in-process one (lockstep: the sim
+    time, on which the other bound runs, stands while paused)."""
+    from openvla_ros.evaluation.graph import LOCKSTEP_MAX_JOINT_STATE_AGE_S
+    from openvla_ros.evaluation.policies import ExpertPolicy
+    from openvla_ros.evaluation.runner import run_episode
+
+    stall_s = 1.2
+    assert graph.embodiment.max_joint_state_age_s < stall_s < LOCKSTEP_MAX_JOINT_STATE_AGE_S
+    controller = [s for s in graph.specs() if s.name == defaults.ARM_CONTROLLER_NODE][0]
+    assert controller.param_values()['max_joint_state_age_s'] == LOCKSTEP_MAX_JOINT_STATE_AGE_S
+    policy = _StallingExpert(graph.pid(defaults.SIM_NODE), stall_s)
+    try:
+        through = graph.run_episode(policy, 'reach_green_can', 1002, max_steps=20)
+    finally:
+        if not policy.resumed.wait(5.0):
+            os.kill(graph.pid(defaults.SIM_NODE), signal.SIGCONT)
+    inproc = run_episode(ExpertPolicy(), 'reach_green_can', 1002, max_steps=20)
+    assert through.refusals == [] and through.success and through.steps == inproc.steps
+    np.testing.assert_allclose(through.ee_positions, inproc.ee_positions, rtol=0, atol=1e-3)
 
 
 def test_cli_graph_run_ci_sized(tiny_checkpoint, tmp_path):

@@ -53,6 +53,14 @@ STARTUP_TIMEOUT_S = 300.0              # model load + self test of a large check
 STEP_TIMEOUT_S = 120.0                 # one inference + one step
 SERVICE_TIMEOUT_S = 30.0
 SETTLE_TIMEOUT_S = 10.0
+# arm_controller's bound on the joint states' age in the evaluation graph, s. The node-clock
+# (sim time) bound never binds in lockstep: every state is published at its sim time and sim time
+# stands while paused. On the steady clock the age is the gap between two of sim_node's paused
+# re-publications (LOCKSTEP_IDLE_PERIOD_S, 0.1 s) as the receiving process sees them, which on a
+# loaded machine (a 2-core runner with a second test worker) has reached 1.7 s: with the
+# embodiment's 0.5 s an action was refused for the load, not for the episode. A dead simulator is
+# still caught (the evaluator also watches its process).
+LOCKSTEP_MAX_JOINT_STATE_AGE_S = 5.0
 
 
 class GraphError(RuntimeError):
@@ -136,19 +144,31 @@ class EvaluationGraph:
     def has_vla_node(self) -> bool:
         return self._vla is not None
 
+    def pid(self, name: str) -> int:
+        """The process id of the node ``name`` (a :mod:`openvla_ros.defaults` node name)."""
+        for node, proc in self._procs:
+            if node == name:
+                return proc.pid
+        raise KeyError(f'no {name} in this graph')
+
     # ------------------------------------------------------------------ bring-up
     def specs(self) -> list:
         """The node set: the bring-up description with sim:=true lockstep:=true, plus the
         evaluation's settings (camera size, lockstep period = control period, controller enabled
         with the longest watchdog its hard limits allow: lockstep pauses sim time while a policy
-        thinks, the steady-clock watchdog keeps running)."""
+        thinks, the steady-clock watchdog keeps running; joint states may be
+        :data:`LOCKSTEP_MAX_JOINT_STATE_AGE_S` old on the steady clock, within the hard limit)."""
         e = self.embodiment
+        hard = e.hard_limits
         values = {'sim': 'true', 'lockstep': 'true', 'embodiment': e.name, 'diagnostic_aggregator': 'false'}
         extra = {
             defaults.VLA_NODE: {**(self._vla or {}), 'max_rate_hz': 0.0, 'instruction': '',
                                 'publish_debug_image': False, 'embodiment': e.name},
-            defaults.ARM_CONTROLLER_NODE: {'start_enabled': True, 'watchdog_timeout_s': float(
-                e.hard_limits.get('watchdog_timeout_s', e.watchdog_timeout_s))},
+            defaults.ARM_CONTROLLER_NODE: {
+                'start_enabled': True,
+                'watchdog_timeout_s': float(hard.get('watchdog_timeout_s', e.watchdog_timeout_s)),
+                'max_joint_state_age_s': float(min(hard.get('max_joint_state_age_s', e.max_joint_state_age_s),
+                                                   max(LOCKSTEP_MAX_JOINT_STATE_AGE_S, e.max_joint_state_age_s)))},
             defaults.SIM_NODE: {'image_width': self.image_size[0], 'image_height': self.image_size[1],
                                 'lockstep_period_s': float(self.period_s), 'publish_object_poses': False},
         }
