@@ -16,7 +16,8 @@
 # and PROOF_TRAIN_MIN shrink the run; PROOF_SPLIT sets the three phases' shares of the training
 # time; PROOF_TRAIN_SEED (default 0) the model's initialisation and the batches' draws (the
 # untrained control's too; give another seed its own PROOF_OUT); PROOF_NOUNS (default the reach
-# tasks' three) the objects the offset scenes name; PROOF_EVAL_TASKS (default the reach tasks, the
+# tasks' three) the objects the offset scenes name; PROOF_MODEL_PX (default 56) the model's input
+# size in pixels (patches of 14: 16 image tokens at 56, 64 at 112); PROOF_EVAL_TASKS (default the reach tasks, the
 # only ones demonstrated) the evaluated tasks.
 # BENCHMARKS.md ("Learning proof") lists what these steps gave and the variants tried.
 set -euo pipefail
@@ -30,7 +31,8 @@ read -r SHARE1 SHARE2 SHARE3 <<< "${PROOF_SPLIT:-0.45 0.4 0.15}"   # the phases'
 NOUNS="${PROOF_NOUNS:-red block,green can,purple block}"
 NOUNS_PER_SCENE="$(python3 -c "import sys; print(len(sys.argv[1].split(',')))" "$NOUNS")"
 EVAL_TASKS="${PROOF_EVAL_TASKS:-reach_red_block,reach_green_can,reach_purple_block}"
-IMAGE=128                               # camera frames, pixels; the model sees 56 x 56 in patches of 14
+IMAGE=128                               # camera frames, pixels
+MODEL_PX="${PROOF_MODEL_PX:-56}"        # the model sees MODEL_PX x MODEL_PX in patches of 14
 "$ROOT/tools/setup.sh"
 cd "$ROOT"
 eval "$("$ROOT/.venv/bin/python" -m openvla_ros.runtime_env)"
@@ -52,7 +54,7 @@ small=(--batch-size 64 --learning-rate 3e-3 --threads "$OMP_NUM_THREADS" --seed 
     --image-size "$IMAGE" --workers 2 --out "$OUT/offsets"
 
 [ -f "$OUT/phase1/checkpoint/model.safetensors" ] || \
-  "$BIN/openvla-finetune" --small 56 --small-patch 14 --dataset "$OUT/objects" --out "$OUT/phase1" \
+  "$BIN/openvla-finetune" --small "$MODEL_PX" --small-patch 14 --dataset "$OUT/objects" --out "$OUT/phase1" \
     --steps 20000 --warmup-steps 200 --holdout-fraction 0 --eval-every 100000 --save-every 1000 \
     --time-limit-min "$(minutes "$SHARE1")" "${small[@]}"
 [ -f "$OUT/phase2/checkpoint/model.safetensors" ] || \
@@ -67,7 +69,7 @@ small=(--batch-size 64 --learning-rate 3e-3 --threads "$OMP_NUM_THREADS" --seed 
     --save-every 1000 --time-limit-min "$(minutes "$SHARE3")" "${small[@]}"
 # the untrained control: the same initialisation, exported with the dataset's statistics
 [ -f "$OUT/untrained/checkpoint/model.safetensors" ] || \
-  "$BIN/openvla-finetune" --small 56 --small-patch 14 --dataset "$OUT/dataset" --out "$OUT/untrained" --steps 0 \
+  "$BIN/openvla-finetune" --small "$MODEL_PX" --small-patch 14 --dataset "$OUT/dataset" --out "$OUT/untrained" --steps 0 \
     --seed "$TRAIN_SEED" --no-progress
 
 common=(--tasks "$EVAL_TASKS" --episodes "$EVAL_EPISODES" --seed 1000 --held-out --unnorm-key sim_widowx
