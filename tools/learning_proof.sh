@@ -4,7 +4,7 @@
 # pose around the start pose), grounding scenes (rendered workcell scenes labelled with where the
 # objects are: 16000 with every reach object in a fixed slot, 12000 labelled for each of the three
 # reach nouns with the named object's offset from the finger tips first), a small OpenVLA-architecture
-# policy trained from scratch in at most 20 minutes in three phases (by default 45% / 40% / 15% of
+# policy (112 x 112 px input) trained from scratch in at most 20 minutes in three phases (by default 45% / 40% / 15% of
 # the time: the fixed-slot scenes; the offsets, with the fixed-slot scenes as half of every batch;
 # the demonstrations, with the offset scenes as half of every batch; batches of 64, one process on
 # both cores, so nothing else should run beside it), then closed-loop evaluation in lockstep on 50
@@ -16,7 +16,7 @@
 # and PROOF_TRAIN_MIN shrink the run; PROOF_SPLIT sets the three phases' shares of the training
 # time; PROOF_TRAIN_SEED (default 0) the model's initialisation and the batches' draws (the
 # untrained control's too; give another seed its own PROOF_OUT); PROOF_NOUNS (default the reach
-# tasks' three) the objects the offset scenes name; PROOF_MODEL_PX (default 56) the model's input
+# tasks' three) the objects the offset scenes name; PROOF_MODEL_PX (default 112) the model's input
 # size in pixels (patches of 14: 16 image tokens at 56, 64 at 112); PROOF_EVAL_TASKS (default the reach tasks, the
 # only ones demonstrated) the evaluated tasks.
 # BENCHMARKS.md ("Learning proof") lists what these steps gave and the variants tried.
@@ -32,7 +32,7 @@ NOUNS="${PROOF_NOUNS:-red block,green can,purple block}"
 NOUNS_PER_SCENE="$(python3 -c "import sys; print(len(sys.argv[1].split(',')))" "$NOUNS")"
 EVAL_TASKS="${PROOF_EVAL_TASKS:-reach_red_block,reach_green_can,reach_purple_block}"
 IMAGE=128                               # camera frames, pixels
-MODEL_PX="${PROOF_MODEL_PX:-56}"        # the model sees MODEL_PX x MODEL_PX in patches of 14
+MODEL_PX="${PROOF_MODEL_PX:-112}"       # the model sees MODEL_PX x MODEL_PX in patches of 14
 "$ROOT/tools/setup.sh"
 cd "$ROOT"
 eval "$("$ROOT/.venv/bin/python" -m openvla_ros.runtime_env)"
