@@ -102,10 +102,9 @@ def _grounding(args) -> int:
     if args.labels not in grounding.LABELS:
         raise DatasetError(f'--labels must be one of {", ".join(grounding.LABELS)}, got {args.labels!r}')
     nouns = None if args.nouns is None else [n.strip() for n in args.nouns.split(',') if n.strip()]
-    if nouns is not None and args.labels == 'objects':
-        raise DatasetError('--nouns: the objects layout names no noun (every reach object has its slot)')
     try:
-        grounding.check_nouns(args.nouns_per_scene, nouns)
+        grounding.check_nouns(args.nouns_per_scene)          # --nouns-per-scene's range for any layout
+        grounding.check_layout_nouns(args.labels, args.nouns_per_scene, nouns)
     except ValueError as exc:
         raise DatasetError(f'--nouns / --nouns-per-scene: {exc}') from None
     if args.workers < 1:

@@ -93,13 +93,23 @@ def _arm_pose(ik, embodiment, rng: np.random.Generator, start: dict) -> dict | N
 def check_nouns(nouns_per_scene: int, nouns=None) -> tuple[str, ...]:
     """The nouns a dataset names (``nouns``: a subset of :data:`NOUNS`, in that order; None: all
     of them), checked together with ``nouns_per_scene``."""
-    chosen = tuple(NOUNS) if nouns is None else tuple(n for n in NOUNS if n in set(nouns))
-    unknown = sorted(set(nouns or ()) - set(NOUNS))
-    if unknown or not chosen:
+    wanted = set(NOUNS if nouns is None else nouns)
+    chosen = tuple(n for n in NOUNS if n in wanted)
+    if wanted - set(NOUNS) or not chosen:
         raise ValueError(f'nouns must be among {list(NOUNS)}, got {list(nouns or ())}')
     if not 1 <= nouns_per_scene <= len(chosen):
         raise ValueError(f'nouns_per_scene must be in [1, {len(chosen)}], got {nouns_per_scene}')
     return chosen
+
+
+def check_layout_nouns(labels: str, nouns_per_scene: int, nouns=None) -> tuple[str, ...]:
+    """:func:`check_nouns` for a dataset in the ``labels`` layout; the objects layout names no
+    noun (its slots are SLOT_NOUNS, one sample per scene), so ``nouns`` must be None there."""
+    if labels == 'objects':
+        if nouns is not None:
+            raise ValueError('the objects layout names no noun (its slots are SLOT_NOUNS): nouns must be None')
+        nouns_per_scene = 1
+    return check_nouns(nouns_per_scene, nouns)
 
 
 def _posed_scenes(sim, embodiment, seed: int, scenes: list[int] | None):
@@ -208,10 +218,8 @@ def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: i
         raise ValueError(f'labels must be one of {LABELS}, got {labels!r}')
     out = Path(out)
     refuse_used_directory(out)
-    if labels == 'objects' and nouns is not None:
-        raise ValueError('the objects layout names no noun (its slots are SLOT_NOUNS): nouns must be None')
     per_scene = 1 if labels == 'objects' else nouns_per_scene
-    named = check_nouns(per_scene, nouns)        # here, not first in a worker process
+    named = check_layout_nouns(labels, per_scene, nouns)        # here, not first in a worker process
     texts = [OBJECTS_INSTRUCTION] if labels == 'objects' else [instruction(n) for n in named]
     by_text: dict[str, tuple[list, list]] = {t: ([], []) for t in texts}
     for frame in _frames(n_frames, image_size, seed, progress, per_scene, workers, nouns):
