@@ -65,7 +65,8 @@ def test_cli_writes_a_dataset_and_refuses_a_used_directory(tmp_path, capsys):
 def test_label_layouts_position_first_and_every_object_in_a_slot(tmp_path):
     """``position`` reorders the offset layout (the named object's place first); ``objects``
     labels each scene once, under one instruction, with every reach object in a fixed slot and
-    the finger tips' y last, all seven normalised; the statistics key can be chosen so two
+    the finger tips' y last, all seven normalised, and ``relative`` the same slots with each
+    object's offset from the tips and the tips' height; the statistics key can be chosen so two
     grounding datasets mix into one fine-tune."""
     offset = G.build_dataset(tmp_path / 'o', 3, image_size=32, seed=321, nouns_per_scene=5)
     G.build_dataset(tmp_path / 'p', 3, image_size=32, seed=321, nouns_per_scene=5, labels='position')
@@ -86,19 +87,35 @@ def test_label_layouts_position_first_and_every_object_in_a_slot(tmp_path):
     np.testing.assert_allclose(objects.actions[:, 6], red.actions[:, 4] - red.actions[:, 1], atol=1e-6)
     assert load_statistics(tmp_path / 'a')['sim_objects']['action']['mask'] == [True] * 7
     assert load_statistics(tmp_path / 'o')['sim_grounding']['action']['mask'][6] is False
+    # relative: the same slots, each the object's offset from the finger tips, then the tips' z
+    G.build_dataset(tmp_path / 'r', 3, image_size=32, seed=321, labels='relative', key='sim_objects')
+    (relative,) = list(iter_episodes(tmp_path / 'r'))
+    assert relative.instruction == G.OBJECTS_INSTRUCTION
+    np.testing.assert_array_equal(relative.images, objects.images)
+    for slot, noun in enumerate(G.SLOT_NOUNS):
+        np.testing.assert_allclose(relative.actions[:, 2 * slot:2 * slot + 2],
+                                   by_text[G.instruction(noun)].actions[:, :2], atol=1e-6)
+    # the tips' z: the red block's grasp height less its offset from the tips
+    frames = list(G.render_frames(3, image_size=32, seed=321, nouns_per_scene=5))
+    np.testing.assert_allclose(relative.actions[:, 6], [f.tip[2] for f in frames[::5]], atol=1e-6)
+    assert load_statistics(tmp_path / 'r')['sim_objects']['action']['mask'] == [True] * 7
+    with pytest.raises(ValueError, match='relative layout names no noun'):
+        G.build_dataset(tmp_path / 'y', 1, labels='relative', nouns=['red block'])
     with pytest.raises(ValueError, match='labels'):
         G.build_dataset(tmp_path / 'x', 1, labels='nope')
 
 
 def test_rendering_processes_give_the_same_dataset(tmp_path, monkeypatch):
-    """A pool of rendering processes gives the frames of the one-process sequence, in its order:
-    the scene seeds are found first (the IK alone), then rendered in runs by the workers."""
+    """A pool of rendering processes gives the frames of the one-process sequence, in its order
+    (close-range scenes included): the scene seeds are found first (the IK alone), then rendered
+    in runs by the workers."""
     seeds = G.scene_seeds(5, seed=77)
     assert len(seeds) == 5 and seeds == sorted(seeds) and seeds[0] >= 77
     monkeypatch.setattr(G, 'POOL_JOB_SCENES', 2)     # three jobs for two processes
-    one = G.build_dataset(tmp_path / 'one', 5, image_size=32, seed=77, nouns_per_scene=2, labels='position')
+    one = G.build_dataset(tmp_path / 'one', 5, image_size=32, seed=77, nouns_per_scene=2, labels='position',
+                          near_fraction=0.5)
     two = G.build_dataset(tmp_path / 'two', 5, image_size=32, seed=77, nouns_per_scene=2, labels='position',
-                          workers=2)
+                          workers=2, near_fraction=0.5)
     assert one['transitions'] == two['transitions'] == 10
     for a, b in zip(iter_episodes(tmp_path / 'one'), iter_episodes(tmp_path / 'two'), strict=True):
         assert a.instruction == b.instruction
@@ -155,3 +172,46 @@ def test_nouns_name_only_the_chosen_objects(tmp_path):
         assert not target.exists() or not any(target.iterdir())
     with pytest.raises(ValueError, match='nouns must be among'):
         G.build_dataset(tmp_path / 'x', 1, nouns=['unicorn'])
+
+
+def test_near_scenes_put_the_finger_tips_close_to_a_named_object(tmp_path):
+    """--near-fraction: that share of the scenes has the finger tips within NEAR_RADIUS_M of one
+    named object and NEAR_ABOVE_TOP_M above its top, as the simulator places them (the label is
+    the rendered scene's); the other scenes are the ones rendered without it, and a share outside
+    [0, 1] is refused before anything is written."""
+    from openvla_ros.evaluation import tasks as T
+    from openvla_ros.sim.workcell import WorkcellSim
+
+    reach = ['red block', 'green can', 'purple block']
+    plain = list(G.render_frames(30, image_size=32, seed=70, nouns_per_scene=3, nouns=reach))
+    near = list(G.render_frames(30, image_size=32, seed=70, nouns_per_scene=3, nouns=reach, near_fraction=0.5))
+    assert len(plain) == len(near) == 90
+    moved = 0
+    with WorkcellSim() as sim:
+        for scene in range(30):
+            a, b = plain[3 * scene:3 * scene + 3], near[3 * scene:3 * scene + 3]
+            assert [f.noun for f in a] == [f.noun for f in b]
+            for f, g in zip(a, b):                    # the same layout either way
+                np.testing.assert_allclose(f.label[3:5], g.label[3:5])
+            if np.array_equal(a[0].image, b[0].image):
+                np.testing.assert_allclose([f.label for f in a], [f.label for f in b])
+                continue
+            moved += 1
+            close = [f for f in b if np.hypot(*f.label[:2]) <= G.NEAR_RADIUS_M + 1e-6]
+            assert close, f'scene {scene}: the finger tips are near no named object'
+            for f in close:                           # the tips' height above that object's top
+                body = G.NOUNS[f.noun]
+                sim.reset()
+                top_above_grasp = T.top_z(sim, body) - T.grasp_point(sim, body)[2]
+                above = -f.label[2] - top_above_grasp
+                if G.NEAR_ABOVE_TOP_M[0] - 0.005 <= above <= G.NEAR_ABOVE_TOP_M[1] + 0.005:
+                    break
+            else:
+                raise AssertionError(f'scene {scene}: no close object with the tips at the near height')
+    assert 8 <= moved <= 22                         # about half of 30
+    out = tmp_path / 'bad'
+    assert cli.main(['grounding', '--frames', '1', '--out', str(out), '--near-fraction', '1.5']) == 2
+    assert not out.exists() or not any(out.iterdir())
+    info = G.build_dataset(tmp_path / 'near', 2, image_size=32, seed=70, near_fraction=0.5)
+    assert json.loads((tmp_path / 'near' / 'meta' / 'info.json').read_text())['near_fraction'] == 0.5
+    assert info['transitions'] == 2

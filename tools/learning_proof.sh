@@ -2,8 +2,9 @@
 # The learning loop's proof, end to end on a CPU: scripted-expert demonstrations of the three reach
 # tasks (100 each, a scene of its own per demonstration: seeds 0-299, each starting from a seeded
 # pose around the start pose), grounding scenes (rendered workcell scenes labelled with where the
-# objects are: 16000 with every reach object in a fixed slot, 12000 labelled for each of the three
-# reach nouns with the named object's offset from the finger tips first), a small OpenVLA-architecture
+# objects are: 16000 with every reach object's offset from the finger tips in a fixed slot and the
+# tips' height, 12000 labelled for each of the three reach nouns with the named object's offset
+# from the finger tips first, half of them with the tips close to one of the three), a small OpenVLA-architecture
 # policy (112 x 112 px input) trained from scratch in at most 20 minutes in three phases (by default 45% / 40% / 15% of
 # the time: the fixed-slot scenes; the offsets, with the fixed-slot scenes as half of every batch;
 # the demonstrations, with the offset scenes as half of every batch; batches of 64, one process on
@@ -17,8 +18,10 @@
 # time; PROOF_TRAIN_SEED (default 0) the model's initialisation and the batches' draws (the
 # untrained control's too; give another seed its own PROOF_OUT); PROOF_NOUNS (default the reach
 # tasks' three) the objects the offset scenes name; PROOF_MODEL_PX (default 112) the model's input
-# size in pixels (patches of 14: 16 image tokens at 56, 64 at 112); PROOF_EVAL_TASKS (default the reach tasks, the
-# only ones demonstrated) the evaluated tasks.
+# size in pixels (patches of 14: 16 image tokens at 56, 64 at 112); PROOF_SLOTS (default relative)
+# the fixed-slot scenes' layout (objects: each object's place and the tips' y, as before run Y);
+# PROOF_NEAR (default 0.5) the share of offset scenes with the finger tips close to a named object;
+# PROOF_EVAL_TASKS (default the reach tasks, the only ones demonstrated) the evaluated tasks.
 # BENCHMARKS.md ("Learning proof") lists what these steps gave and the variants tried.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +32,8 @@ TRAIN_MIN="${PROOF_TRAIN_MIN:-20}"      # minutes of training in all
 TRAIN_SEED="${PROOF_TRAIN_SEED:-0}"
 read -r SHARE1 SHARE2 SHARE3 <<< "${PROOF_SPLIT:-0.45 0.4 0.15}"   # the phases' shares of it
 NOUNS="${PROOF_NOUNS:-red block,green can,purple block}"
+SLOTS="${PROOF_SLOTS:-relative}"        # the fixed-slot scenes: relative (offsets from the tips) or objects (places)
+NEAR="${PROOF_NEAR:-0.5}"               # share of the offset scenes with the finger tips close to a named object
 NOUNS_PER_SCENE="$(python3 -c "import sys; print(len(sys.argv[1].split(',')))" "$NOUNS")"
 EVAL_TASKS="${PROOF_EVAL_TASKS:-reach_red_block,reach_green_can,reach_purple_block}"
 IMAGE=128                               # camera frames, pixels
@@ -46,11 +51,11 @@ small=(--batch-size 64 --learning-rate 3e-3 --threads "$OMP_NUM_THREADS" --seed 
     --episodes "$DEMOS" --seed 0 --layouts distinct --image-size "$IMAGE" --start-jitter-m 0.1 --out "$OUT/dataset"
 "$BIN/openvla-dataset" info "$OUT/dataset"
 [ -f "$OUT/objects/dataset_statistics.json" ] || \
-  "$BIN/openvla-dataset" grounding --frames 16000 --labels objects --key sim_objects --image-size "$IMAGE" \
+  "$BIN/openvla-dataset" grounding --frames 16000 --labels "$SLOTS" --key sim_objects --image-size "$IMAGE" \
     --workers 2 --out "$OUT/objects"
 [ -f "$OUT/offsets/dataset_statistics.json" ] || \
   "$BIN/openvla-dataset" grounding --frames 12000 --nouns "$NOUNS" --nouns-per-scene "$NOUNS_PER_SCENE" \
-    --labels offset --seed 500000 \
+    --labels offset --seed 500000 --near-fraction "$NEAR" \
     --image-size "$IMAGE" --workers 2 --out "$OUT/offsets"
 
 [ -f "$OUT/phase1/checkpoint/model.safetensors" ] || \

@@ -3,7 +3,7 @@
   openvla-dataset build BAGS... --out DIR [--resume | --force] [--instruction TEXT] [--image-size N]
   openvla-dataset info DIR
   openvla-dataset export DIR --format lerobot --out OUT
-  openvla-dataset grounding --frames N --out DIR [--image-size N] [--seed S] [--workers N]
+  openvla-dataset grounding --frames N --out DIR [--image-size N] [--seed S] [--workers N] [--near-fraction F]
 
 ``build`` converts each bag (a bag directory with metadata.yaml, or a single .mcap) into one
 episode (or one per episode marker), labelled from the reached end-effector states, and writes the
@@ -84,11 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--labels', default='offset', metavar='LAYOUT',
                    help='offset (default): per named object, its offset from the finger tips first; position: its place '
                         'first; objects: one instruction, "where are the objects", every reach object in a '
-                        "fixed slot, then the finger tips' y (a pre-training step before the choice by the noun)")
+                        "fixed slot, then the finger tips' y (a pre-training step before the choice by the noun); "
+                        "relative: as objects, each slot the object's offset from the finger tips, then the tips' "
+                        "height")
     g.add_argument('--key', default=None, help='statistics key (default sim_grounding; another one lets two '
                    'grounding datasets be mixed into one fine-tune)')
     g.add_argument('--workers', type=int, default=1, help='rendering processes (the dataset is the same for any '
                    'number)')
+    g.add_argument('--near-fraction', type=float, default=0.0, metavar='F',
+                   help='share of the scenes with the finger tips within 8 cm of one named object and 1-10 cm '
+                        'above its top (default 0: every arm pose uniform over the workspace)')
     return parser
 
 
@@ -107,6 +112,10 @@ def _grounding(args) -> int:
         grounding.check_layout_nouns(args.labels, args.nouns_per_scene, nouns)
     except ValueError as exc:
         raise DatasetError(f'--nouns / --nouns-per-scene: {exc}') from None
+    try:
+        grounding.check_near_fraction(args.near_fraction)
+    except ValueError as exc:
+        raise DatasetError(f'--near-fraction: {exc}') from None
     if args.workers < 1:
         raise DatasetError(f'--workers must be >= 1, got {args.workers}')
     from tqdm import tqdm
@@ -117,7 +126,7 @@ def _grounding(args) -> int:
                                        progress=lambda n: bar.update(1),
                                        nouns_per_scene=args.nouns_per_scene, labels=args.labels,
                                        key=args.key or grounding.GROUNDING_KEY, workers=args.workers,
-                                       nouns=nouns)
+                                       nouns=nouns, near_fraction=args.near_fraction)
     print(f'{out}: {info["transitions"]} labelled frames, {info["episodes"]} instruction(s) '
           f'(statistics key {info["dataset_key"]})')
     return EXIT_OK

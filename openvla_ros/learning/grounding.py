@@ -40,6 +40,12 @@ SEED_BASE = 100_000
 EE_X_M = (0.15, 0.45)
 EE_Y_M = (-0.22, 0.22)
 EE_Z_M = (0.12, 0.30)
+# Close-range scenes (``near_fraction``): the finger tips within NEAR_RADIUS_M horizontally of one
+# named object's grasp point (uniform over the disc) and NEAR_ABOVE_TOP_M above its top, where a
+# reach ends and where the last centimetres are decided. Uniform poses put the tips that close to
+# a given object in about 1 scene in 25.
+NEAR_RADIUS_M = 0.08
+NEAR_ABOVE_TOP_M = (0.01, 0.10)
 
 
 def instruction(noun: str) -> str:
@@ -56,7 +62,12 @@ def instruction(noun: str) -> str:
 #             the choice among objects; BENCHMARKS.md, "Learning proof"). The tips' y is
 #             labelled nowhere else on its own (the offset layout holds it only inside oy - ty,
 #             and labels the tips' x); every dimension is normalised (OBJECTS_MASK).
-LABELS = ('offset', 'position', 'objects')
+#   relative: as objects, but each slot holds the object's offset from the finger tips,
+#             [ox - tx, oy - ty] of each of SLOT_NOUNS, then the tips' height tz: the quantity
+#             the reach actions are made of, per object, before any choice by the noun.
+LABELS = ('offset', 'position', 'objects', 'relative')
+# the layouts with one sample per scene under OBJECTS_INSTRUCTION, every slot normalised
+SLOT_LAYOUTS = ('objects', 'relative')
 OBJECTS_INSTRUCTION = 'where are the objects'
 OBJECTS_MASK = [True] * 7       # positions only: no absolute gripper dimension to leave as it is
 SLOT_NOUNS = ('red block', 'green can', 'purple block')
@@ -72,9 +83,13 @@ class GroundingFrame:
     tip: np.ndarray | None = None   # the finger tips [3], m
 
 
-def objects_label(frame: GroundingFrame) -> np.ndarray:
+def objects_label(frame: GroundingFrame, labels: str = 'objects') -> np.ndarray:
     """The ``objects`` layout of ``frame``'s scene: [x, y] of each of SLOT_NOUNS, then the
-    finger tips' y."""
+    finger tips' y; the ``relative`` layout: each object's [x, y] offset from the finger tips,
+    then the tips' z."""
+    if labels == 'relative':
+        return np.array([*(v for n in SLOT_NOUNS for v in frame.points[n][:2] - frame.tip[:2]), frame.tip[2]],
+                        dtype=np.float64)
     return np.array([*(v for n in SLOT_NOUNS for v in frame.points[n][:2]), frame.tip[1]],
                     dtype=np.float64)
 
@@ -104,49 +119,84 @@ def check_nouns(nouns_per_scene: int, nouns=None) -> tuple[str, ...]:
 
 def check_layout_nouns(labels: str, nouns_per_scene: int, nouns=None) -> tuple[str, ...]:
     """:func:`check_nouns` for a dataset in the ``labels`` layout; the objects layout names no
-    noun (its slots are SLOT_NOUNS, one sample per scene), so ``nouns`` must be None there."""
-    if labels == 'objects':
+    noun (its slots are SLOT_NOUNS, one sample per scene), nor does the relative one, so
+    ``nouns`` must be None there."""
+    if labels in SLOT_LAYOUTS:
         if nouns is not None:
-            raise ValueError('the objects layout names no noun (its slots are SLOT_NOUNS): nouns must be None')
+            raise ValueError(f'the {labels} layout names no noun (its slots are SLOT_NOUNS): nouns must be None')
         nouns_per_scene = 1
     return check_nouns(nouns_per_scene, nouns)
 
 
-def _posed_scenes(sim, embodiment, seed: int, scenes: list[int] | None):
-    """(scene seed, its generator after the arm pose's draws, the joint positions) for each scene
-    whose arm pose the IK reaches: counting up from ``seed`` (a pose it does not reach uses up
-    its seed), or exactly ``scenes`` (one it does not reach is an error)."""
+def _near_pose(sim, ik, embodiment, task, layout_seed: int, joints: dict, rng: np.random.Generator,
+               nouns, tip_from_ee: np.ndarray) -> dict | None:
+    """``joints`` moved so that the finger tips are close to one of ``nouns``' objects in the
+    scene of ``layout_seed`` (NEAR_RADIUS_M, NEAR_ABOVE_TOP_M), the gripper as in ``joints``;
+    None when the IK does not reach it."""
+    T.reset_episode(sim, task, layout_seed, embodiment=embodiment)
+    body = NOUNS[nouns[int(rng.integers(len(nouns)))]]
+    angle, r = rng.uniform(0.0, 2 * np.pi), NEAR_RADIUS_M * np.sqrt(rng.uniform())
+    tip = T.grasp_point(sim, body)[:2] + r * np.array([np.cos(angle), np.sin(angle)])
+    z = T.top_z(sim, body) + rng.uniform(*NEAR_ABOVE_TOP_M)
+    near = T.joints_at(ik, embodiment, np.array([tip[0], tip[1], z]) - tip_from_ee, joints)
+    if near is not None and embodiment.gripper is not None:
+        near[embodiment.gripper.joint] = joints[embodiment.gripper.joint]
+    return near
+
+
+def _posed_scenes(sim, embodiment, seed: int, scenes: list[int] | None, near_fraction: float = 0.0,
+                  nouns=None):
+    """(scene seed, the scene's layout seed, the joint positions) for each scene whose arm pose
+    the IK reaches: counting up from ``seed`` (a pose it does not reach uses up its seed), or
+    exactly ``scenes`` (one it does not reach is an error). A ``near_fraction`` of the scenes
+    (drawn from a stream of their own, so the other scenes stay as without it) put the finger
+    tips close to one of ``nouns``' objects (:func:`_near_pose`); where the IK does not reach
+    that pose, the scene keeps its random one."""
     from openvla_ros.control.kinematics import ArmKinematics
 
     ik = ArmKinematics(embodiment)
     start = T.start_joint_positions(sim, embodiment)
+    task = T.TASKS[T.REACH_TASKS[0]]            # every task places the same objects
+    tip_from_ee = None
+    if near_fraction > 0:
+        sim.reset(joint_positions=start)
+        tip_from_ee = T.gripper_point(sim) - np.asarray(sim.ee_pose().position, dtype=float)
     for scene in (itertools.count(seed) if scenes is None else scenes):
         rng = np.random.default_rng(scene)
         joints = _arm_pose(ik, embodiment, rng, start)
-        if joints is not None:
-            yield scene, rng, joints
-        elif scenes is not None:
-            raise ValueError(f'scene seed {scene}: the IK does not reach its arm pose')
+        if joints is None:
+            if scenes is not None:
+                raise ValueError(f'scene seed {scene}: the IK does not reach its arm pose')
+            continue
+        layout_seed = int(rng.integers(2**31))
+        near_rng = np.random.default_rng([scene, 2])
+        if near_fraction > 0 and near_rng.uniform() < near_fraction:
+            joints = _near_pose(sim, ik, embodiment, task, layout_seed, joints, near_rng, nouns,
+                                tip_from_ee) or joints
+        yield scene, layout_seed, joints, rng
 
 
 def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, progress=None,
-                  nouns_per_scene: int = 1, scenes: list[int] | None = None, nouns=None):
+                  nouns_per_scene: int = 1, scenes: list[int] | None = None, nouns=None,
+                  near_fraction: float = 0.0):
     """Yield labelled :class:`GroundingFrame` s from ``n_frames`` scenes: each scene rendered once
     and labelled for ``nouns_per_scene`` different objects chosen at random among ``nouns``
     (default all of :data:`NOUNS`; every object is in every scene whichever are named: the
     same image with different instructions and labels, only the noun tells them apart). Scene
     seeds count up from ``seed``, one per arm pose tried (a pose the IK does not reach uses up
-    its seed); ``scenes``: exactly these scene seeds instead (from :func:`scene_seeds`)."""
+    its seed); ``scenes``: exactly these scene seeds instead (from :func:`scene_seeds`).
+    ``near_fraction``: the share of scenes with the finger tips close to one of the named objects
+    (:func:`_posed_scenes`)."""
     nouns = list(check_nouns(nouns_per_scene, nouns))
+    check_near_fraction(near_fraction)
     from openvla_ros.sim.workcell import WorkcellSim
 
     embodiment = T._embodiment()
     task = T.TASKS[T.REACH_TASKS[0]]            # every task places the same objects
     with WorkcellSim() as sim:
-        posed = itertools.islice(_posed_scenes(sim, embodiment, seed, scenes), n_frames)
-        for made, (_, rng, joints) in enumerate(posed, 1):
-            T.reset_episode(sim, task, int(rng.integers(2**31)), embodiment=embodiment,
-                            joint_positions=joints)
+        posed = itertools.islice(_posed_scenes(sim, embodiment, seed, scenes, near_fraction, nouns), n_frames)
+        for made, (_, layout_seed, joints, rng) in enumerate(posed, 1):
+            T.reset_episode(sim, task, layout_seed, embodiment=embodiment, joint_positions=joints)
             tip = T.gripper_point(sim)
             if nouns_per_scene == 1:        # (the draw of the one-noun scenes as before)
                 chosen = [nouns[int(rng.integers(len(nouns)))]]
@@ -163,6 +213,12 @@ def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, p
                 yield GroundingFrame(image, noun, label, points, tip)
 
 
+def check_near_fraction(near_fraction: float) -> float:
+    if not 0.0 <= near_fraction <= 1.0:
+        raise ValueError(f'near_fraction must be in [0, 1], got {near_fraction}')
+    return near_fraction
+
+
 def scene_seeds(n_frames: int, seed: int = SEED_BASE) -> list[int]:
     """The scene seeds :func:`render_frames` renders for ``n_frames`` from ``seed`` (the arm
     poses the IK reaches), found without rendering."""
@@ -170,23 +226,24 @@ def scene_seeds(n_frames: int, seed: int = SEED_BASE) -> list[int]:
 
     with WorkcellSim() as sim:
         posed = _posed_scenes(sim, T._embodiment(), seed, None)
-        return [scene for scene, _, _ in itertools.islice(posed, n_frames)]
+        return [scene for scene, *_ in itertools.islice(posed, n_frames)]
 
 
 # scenes per job of a rendering pool: progress advances a job at a time
 POOL_JOB_SCENES = 500
 
 
-def _render_scenes(scenes: list[int], image_size: int, nouns_per_scene: int, nouns) -> list:
+def _render_scenes(scenes: list[int], image_size: int, nouns_per_scene: int, nouns, near_fraction) -> list:
     return list(render_frames(len(scenes), image_size, progress=None, nouns_per_scene=nouns_per_scene,
-                              scenes=scenes, nouns=nouns))
+                              scenes=scenes, nouns=nouns, near_fraction=near_fraction))
 
 
-def _frames(n_frames, image_size, seed, progress, per_scene, workers, nouns=None):
+def _frames(n_frames, image_size, seed, progress, per_scene, workers, nouns=None, near_fraction=0.0):
     """The frames of :func:`render_frames`, rendered here (``workers`` 1) or, the same frames
     in the same order, by a pool of ``workers`` processes, each given a run of the scene seeds."""
     if workers <= 1:
-        yield from render_frames(n_frames, image_size, seed, progress, per_scene, nouns=nouns)
+        yield from render_frames(n_frames, image_size, seed, progress, per_scene, nouns=nouns,
+                                 near_fraction=near_fraction)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -194,7 +251,8 @@ def _frames(n_frames, image_size, seed, progress, per_scene, workers, nouns=None
 
     seeds = scene_seeds(n_frames, seed)
     jobs = [seeds[i:i + POOL_JOB_SCENES] for i in range(0, len(seeds), POOL_JOB_SCENES)]
-    render = partial(_render_scenes, image_size=image_size, nouns_per_scene=per_scene, nouns=nouns)
+    render = partial(_render_scenes, image_size=image_size, nouns_per_scene=per_scene, nouns=nouns,
+                     near_fraction=near_fraction)
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context('spawn')) as pool:
         done = 0
         for job, frames in zip(jobs, pool.map(render, jobs)):
@@ -207,24 +265,30 @@ def _frames(n_frames, image_size, seed, progress, per_scene, workers, nouns=None
 
 def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: int = SEED_BASE,
                   progress=None, nouns_per_scene: int = 1, labels: str = 'offset',
-                  key: str = GROUNDING_KEY, workers: int = 1, nouns=None) -> dict:
+                  key: str = GROUNDING_KEY, workers: int = 1, nouns=None, near_fraction: float = 0.0) -> dict:
     """Write a grounding dataset (``openvla-dataset`` layout, statistics key ``key``): one
     episode per instruction (per object noun named, ``nouns`` as in :func:`render_frames`; one
     for the ``objects`` layout), its frames in render order, labelled in the ``labels`` layout
-    (:data:`LABELS`), rendered by ``workers`` processes (the same dataset for any number)."""
+    (:data:`LABELS`), rendered by ``workers`` processes (the same dataset for any number);
+    ``near_fraction`` as in :func:`render_frames`."""
     from .dataset import Episode, finish_dataset, refuse_used_directory, write_episode
 
     if labels not in LABELS:
         raise ValueError(f'labels must be one of {LABELS}, got {labels!r}')
     out = Path(out)
     refuse_used_directory(out)
-    per_scene = 1 if labels == 'objects' else nouns_per_scene
+    slots = labels in SLOT_LAYOUTS
+    per_scene = 1 if slots else nouns_per_scene
     named = check_layout_nouns(labels, per_scene, nouns)        # here, not first in a worker process
-    texts = [OBJECTS_INSTRUCTION] if labels == 'objects' else [instruction(n) for n in named]
+    check_near_fraction(near_fraction)
+    texts = [OBJECTS_INSTRUCTION] if slots else [instruction(n) for n in named]
     by_text: dict[str, tuple[list, list]] = {t: ([], []) for t in texts}
-    for frame in _frames(n_frames, image_size, seed, progress, per_scene, workers, nouns):
-        if labels == 'objects':
-            text, label = OBJECTS_INSTRUCTION, objects_label(frame)
+    # (the slot layouts label every reach object whichever noun a scene draws; their close-range
+    # scenes go to those objects)
+    render_nouns = list(SLOT_NOUNS) if slots else nouns
+    for frame in _frames(n_frames, image_size, seed, progress, per_scene, workers, render_nouns, near_fraction):
+        if slots:
+            text, label = OBJECTS_INSTRUCTION, objects_label(frame, labels)
         else:
             text = instruction(frame.noun)
             label = frame.label[_POSITION_ORDER] if labels == 'position' else frame.label
@@ -240,5 +304,6 @@ def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: i
         index += 1
     return finish_dataset(out, key, {'grounding_frames': n_frames, 'seeds': [],
                                      'grounding_seed': seed, 'grounding_labels': labels,
-                                     'nouns_per_scene': per_scene, 'nouns': list(named)},
-                          mask=OBJECTS_MASK if labels == 'objects' else None)
+                                     'nouns_per_scene': per_scene, 'nouns': list(named),
+                                     'near_fraction': near_fraction},
+                          mask=OBJECTS_MASK if slots else None)
