@@ -128,6 +128,11 @@ def check_layout_nouns(labels: str, nouns_per_scene: int, nouns=None) -> tuple[s
     return check_nouns(nouns_per_scene, nouns)
 
 
+def _scene_task():
+    """The task whose seeded layouts the scenes show (every task places the same objects)."""
+    return T.TASKS[T.REACH_TASKS[0]]
+
+
 def _near_pose(sim, ik, embodiment, task, layout_seed: int, joints: dict, rng: np.random.Generator,
                nouns, tip_from_ee: np.ndarray) -> dict | None:
     """``joints`` moved so that the finger tips are close to one of ``nouns``' objects in the
@@ -146,8 +151,8 @@ def _near_pose(sim, ik, embodiment, task, layout_seed: int, joints: dict, rng: n
 
 def _posed_scenes(sim, embodiment, seed: int, scenes: list[int] | None, near_fraction: float = 0.0,
                   nouns=None):
-    """(scene seed, the scene's layout seed, the joint positions) for each scene whose arm pose
-    the IK reaches: counting up from ``seed`` (a pose it does not reach uses up its seed), or
+    """(scene seed, the scene's layout seed, the joint positions, the scene's generator after
+    those draws) for each scene whose arm pose the IK reaches: counting up from ``seed`` (a pose it does not reach uses up its seed), or
     exactly ``scenes`` (one it does not reach is an error). A ``near_fraction`` of the scenes
     (drawn from a stream of their own, so the other scenes stay as without it) put the finger
     tips close to one of ``nouns``' objects (:func:`_near_pose`); where the IK does not reach
@@ -156,7 +161,7 @@ def _posed_scenes(sim, embodiment, seed: int, scenes: list[int] | None, near_fra
 
     ik = ArmKinematics(embodiment)
     start = T.start_joint_positions(sim, embodiment)
-    task = T.TASKS[T.REACH_TASKS[0]]            # every task places the same objects
+    task = _scene_task()
     tip_from_ee = None
     if near_fraction > 0:
         sim.reset(joint_positions=start)
@@ -192,7 +197,7 @@ def render_frames(n_frames: int, image_size: int = 128, seed: int = SEED_BASE, p
     from openvla_ros.sim.workcell import WorkcellSim
 
     embodiment = T._embodiment()
-    task = T.TASKS[T.REACH_TASKS[0]]            # every task places the same objects
+    task = _scene_task()
     with WorkcellSim() as sim:
         posed = itertools.islice(_posed_scenes(sim, embodiment, seed, scenes, near_fraction, nouns), n_frames)
         for made, (_, layout_seed, joints, rng) in enumerate(posed, 1):
