@@ -152,8 +152,9 @@ def _near_pose(sim, ik, embodiment, task, layout_seed: int, joints: dict, rng: n
 def _posed_scenes(sim, embodiment, seed: int, scenes: list[int] | None, near_fraction: float = 0.0,
                   nouns=None):
     """(scene seed, the scene's layout seed, the joint positions, the scene's generator after
-    those draws) for each scene whose arm pose the IK reaches: counting up from ``seed`` (a pose it does not reach uses up its seed), or
-    exactly ``scenes`` (one it does not reach is an error). A ``near_fraction`` of the scenes
+    those draws) for each scene whose arm pose the IK reaches: counting up from ``seed`` (a pose
+    it does not reach uses up its seed), or exactly ``scenes`` (one it does not reach is an
+    error). A ``near_fraction`` of the scenes
     (drawn from a stream of their own, so the other scenes stay as without it) put the finger
     tips close to one of ``nouns``' objects (:func:`_near_pose`); where the IK does not reach
     that pose, the scene keeps its random one."""
@@ -174,10 +175,11 @@ def _posed_scenes(sim, embodiment, seed: int, scenes: list[int] | None, near_fra
                 raise ValueError(f'scene seed {scene}: the IK does not reach its arm pose')
             continue
         layout_seed = int(rng.integers(2**31))
-        near_rng = np.random.default_rng([scene, 2])
-        if near_fraction > 0 and near_rng.uniform() < near_fraction:
-            joints = _near_pose(sim, ik, embodiment, task, layout_seed, joints, near_rng, nouns,
-                                tip_from_ee) or joints
+        if near_fraction > 0:
+            near_rng = np.random.default_rng([scene, 2])
+            if near_rng.uniform() < near_fraction:
+                joints = _near_pose(sim, ik, embodiment, task, layout_seed, joints, near_rng, nouns,
+                                    tip_from_ee) or joints
         yield scene, layout_seed, joints, rng
 
 
@@ -273,7 +275,7 @@ def build_dataset(out: str | Path, n_frames: int, image_size: int = 128, seed: i
                   key: str = GROUNDING_KEY, workers: int = 1, nouns=None, near_fraction: float = 0.0) -> dict:
     """Write a grounding dataset (``openvla-dataset`` layout, statistics key ``key``): one
     episode per instruction (per object noun named, ``nouns`` as in :func:`render_frames`; one
-    for the ``objects`` layout), its frames in render order, labelled in the ``labels`` layout
+    for the slot layouts, :data:`SLOT_LAYOUTS`), its frames in render order, labelled in the ``labels`` layout
     (:data:`LABELS`), rendered by ``workers`` processes (the same dataset for any number);
     ``near_fraction`` as in :func:`render_frames`."""
     from .dataset import Episode, finish_dataset, refuse_used_directory, write_episode
