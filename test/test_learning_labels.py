@@ -100,3 +100,34 @@ def test_episode_jobs_shared_and_distinct_layouts():
         env.close()
     with pytest.raises(ValueError, match='layouts'):
         episode_jobs(tasks, [0], 'mixed')
+
+
+def test_episode_jobs_per_task_counts():
+    """A task may have fewer demonstrations than the others (openvla-collect --task T=N); distinct
+    layouts still give each its own scene, and equal counts give the layouts without counts."""
+    from openvla_ros.cli.collect import CollectError, task_counts
+    from openvla_ros.learning.collect import episode_jobs
+
+    tasks = ['reach_red_block', 'spoon_on_towel', 'reach_green_can']
+    seeds = [10, 11, 12]
+    counts = {'reach_red_block': 3, 'spoon_on_towel': 1, 'reach_green_can': 2}
+    assert episode_jobs(tasks, seeds, 'distinct', counts) == [
+        ('reach_red_block', 10), ('spoon_on_towel', 13), ('reach_green_can', 14),
+        ('reach_red_block', 11), ('reach_green_can', 15), ('reach_red_block', 12)]
+    assert episode_jobs(tasks, seeds, 'shared', counts) == [
+        ('reach_red_block', 10), ('spoon_on_towel', 10), ('reach_green_can', 10),
+        ('reach_red_block', 11), ('reach_green_can', 11), ('reach_red_block', 12)]
+    for layouts in ('shared', 'distinct'):
+        assert episode_jobs(tasks, seeds, layouts, dict.fromkeys(tasks, 3)) == episode_jobs(tasks, seeds, layouts)
+    with pytest.raises(ValueError, match='episodes per task'):
+        episode_jobs(tasks, seeds, 'distinct', {'spoon_on_towel': 4})
+
+    assert task_counts(['reach_red_block=3', 'spoon_on_towel'], 2) == (
+        ['reach_red_block', 'spoon_on_towel'], {'reach_red_block': 3, 'spoon_on_towel': 2})
+    for specs, episodes, why in ((['spoon_on_towel'], None, 'give --episodes'),
+                                 (['spoon_on_towel=x'], None, 'must be an integer'),
+                                 (['spoon_on_towel=0'], None, 'must be >= 1'),
+                                 (['all=2'], None, 'no =N'),
+                                 (['reach_nothing=2'], None, 'unknown task')):
+        with pytest.raises(CollectError, match=why):
+            task_counts(specs, episodes)

@@ -21,12 +21,16 @@
 # size in pixels (patches of 14: 16 image tokens at 56, 64 at 112); PROOF_SLOTS (default relative)
 # the fixed-slot scenes' layout (objects: each object's place and the tips' y, as before run Y);
 # PROOF_NEAR (default 0.5) the share of offset scenes with the finger tips close to a named object;
-# PROOF_EVAL_TASKS (default the reach tasks, the only ones demonstrated) the evaluated tasks.
+# PROOF_PLACE_DEMOS (default 0) demonstrations of the pick-and-place red_block_on_purple_block, in the
+# same collection (seeds after the reach tasks'), trained on in the third phase with the reach
+# demonstrations; PROOF_EVAL_TASKS (default the demonstrated tasks) the evaluated tasks.
 # BENCHMARKS.md ("Learning proof") lists what these steps gave and the variants tried.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${PROOF_OUT:-$ROOT/output/proof}"
 DEMOS="${PROOF_DEMOS:-100}"             # demonstrations per reach task (3 tasks, at most 300 in all)
+PLACE_DEMOS="${PROOF_PLACE_DEMOS:-0}"   # demonstrations of the pick-and-place (e.g. 90 with PROOF_DEMOS=70)
+PLACE_TASK=red_block_on_purple_block
 EVAL_EPISODES="${PROOF_EPISODES:-50}"   # held-out evaluation episodes per task and policy
 TRAIN_MIN="${PROOF_TRAIN_MIN:-20}"      # minutes of training in all
 TRAIN_SEED="${PROOF_TRAIN_SEED:-0}"
@@ -35,7 +39,10 @@ NOUNS="${PROOF_NOUNS:-red block,green can,purple block}"
 SLOTS="${PROOF_SLOTS:-relative}"        # the fixed-slot scenes: relative (offsets from the tips) or objects (places)
 NEAR="${PROOF_NEAR:-0.5}"               # share of the offset scenes with the finger tips close to a named object
 NOUNS_PER_SCENE="$(python3 -c "import sys; print(len(sys.argv[1].split(',')))" "$NOUNS")"
-EVAL_TASKS="${PROOF_EVAL_TASKS:-reach_red_block,reach_green_can,reach_purple_block}"
+REACH_TASKS=(reach_red_block reach_green_can reach_purple_block)
+TASKS=("${REACH_TASKS[@]/%/=$DEMOS}")
+if [ "$PLACE_DEMOS" -gt 0 ]; then TASKS+=("$PLACE_TASK=$PLACE_DEMOS"); fi
+EVAL_TASKS="${PROOF_EVAL_TASKS:-$(IFS=,; echo "${TASKS[*]%=*}")}"   # the demonstrated tasks
 IMAGE=128                               # camera frames, pixels
 MODEL_PX="${PROOF_MODEL_PX:-112}"       # the model sees MODEL_PX x MODEL_PX in patches of 14
 "$ROOT/tools/setup.sh"
@@ -47,8 +54,7 @@ minutes() { python3 -c "print($TRAIN_MIN * $1)"; }
 small=(--batch-size 64 --learning-rate 3e-3 --threads "$OMP_NUM_THREADS" --seed "$TRAIN_SEED" --no-progress)
 
 [ -f "$OUT/dataset/dataset_statistics.json" ] || \
-  "$BIN/openvla-collect" --task reach_red_block --task reach_green_can --task reach_purple_block \
-    --episodes "$DEMOS" --seed 0 --layouts distinct --image-size "$IMAGE" --start-jitter-m 0.1 --out "$OUT/dataset"
+  "$BIN/openvla-collect" "${TASKS[@]/#/--task=}" --seed 0 --layouts distinct --image-size "$IMAGE" --start-jitter-m 0.1 --out "$OUT/dataset"
 "$BIN/openvla-dataset" info "$OUT/dataset"
 [ -f "$OUT/objects/dataset_statistics.json" ] || \
   "$BIN/openvla-dataset" grounding --frames 16000 --labels "$SLOTS" --key sim_objects --image-size "$IMAGE" \

@@ -1,11 +1,13 @@
 """``openvla-collect``: demonstrations of the scripted expert as a training dataset.
 
   openvla-collect --task reach_red_block [--task ...] --episodes N [--seed S] --out DIR [--image-size 56]
+  openvla-collect --task reach_red_block=70 --task red_block_on_purple_block=90 --out DIR
   openvla-collect --graph --task ... --episodes N --out DIR [--bags BAGS]
 
 By default (in process, the fast path for large collections) it runs
 :func:`openvla_ros.learning.collect.collect_in_process`: each task for seeds S … S+N-1 in the
-evaluation's lockstep workcell (the simulator and arm-controller cores, no ROS graph), labelled
+evaluation's lockstep workcell (the simulator and arm-controller cores, no ROS graph; ``TASK=N``:
+that task for seeds S … S+N-1 instead), labelled
 from the reached end-effector states, written in the dataset layout of
 :mod:`openvla_ros.learning.dataset`.
 
@@ -49,14 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     from openvla_ros.evaluation import tasks as T
 
     parser = argparse.ArgumentParser(prog='openvla-collect', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--task', action='append', required=True, metavar='TASK',
-                        help=f'task to demonstrate (repeatable, or "all"): {", ".join(T.TASKS)}')
-    parser.add_argument('--episodes', type=int, required=True, help='episodes (seeds) per task')
+    parser.add_argument('--task', action='append', required=True, metavar='TASK[=N]',
+                        help=f'task to demonstrate (repeatable, or "all"), with =N its own number of episodes: '
+                             f'{", ".join(T.TASKS)}')
+    parser.add_argument('--episodes', type=int,
+                        help='episodes (seeds) per task without =N (needed unless every task has one)')
     parser.add_argument('--seed', type=int, default=0, help='first seed (default 0)')
     parser.add_argument('--layouts', choices=('shared', 'distinct'), default='shared',
                         help='shared: every task on seeds S … S+N-1 (a seed is a scene: each scene shown '
-                             'with every instruction); distinct: task i on seeds S+i*N … (a scene per '
-                             'demonstration)')
+                             'with every instruction); distinct: task i on seeds S+i*N … (with =N: after the '
+                             "seeds of the tasks before it; a scene per demonstration)")
     parser.add_argument('--out', required=True, help='dataset directory to create')
     parser.add_argument('--image-size', type=int, default=56, help='camera frames of N x N pixels (default 56)')
     parser.add_argument('--max-steps', type=int, help="end each episode after N steps (default: the task's)")
@@ -149,18 +153,37 @@ def _prepare_out(out: Path, force: bool) -> None:
         (out / rel).unlink(missing_ok=True)
 
 
+def task_counts(specs: list[str], episodes: int | None) -> tuple[list[str], dict[str, int]]:
+    """The tasks of ``--task`` (``TASK`` or ``TASK=N``; ``all``) in order, and each one's number
+    of episodes (N, else ``--episodes``)."""
+    from openvla_ros.evaluation import tasks as T
+
+    counts: dict[str, int] = {}
+    for spec in specs:
+        name, sep, n = spec.partition('=')
+        if name == 'all' and sep:
+            raise CollectError(f'--task all takes no =N, got {spec!r}')
+        for task in (T.TASKS if name == 'all' else [name]):
+            if task not in T.TASKS:
+                raise CollectError(f'unknown task {task!r}; known: {", ".join(T.TASKS)}')
+            if not sep and episodes is None:
+                raise CollectError(f'--task {task}: give --episodes N or --task {task}=N')
+            try:
+                count = int(n) if sep else episodes
+            except ValueError:
+                raise CollectError(f'--task {spec!r}: N must be an integer') from None
+            if count < 1:
+                raise CollectError(f'--task {task}: episodes must be >= 1, got {count}')
+            counts.setdefault(task, count)
+    return list(counts), counts
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from openvla_ros.evaluation import tasks as T
     from openvla_ros.learning.dataset import DatasetError
 
     try:
-        tasks = list(T.TASKS) if 'all' in args.task else list(dict.fromkeys(args.task))
-        unknown = [t for t in tasks if t not in T.TASKS]
-        if unknown:
-            raise CollectError(f'unknown task(s) {unknown}; known: {", ".join(T.TASKS)}')
-        if args.episodes < 1:
-            raise CollectError(f'--episodes must be >= 1, got {args.episodes}')
+        tasks, counts = task_counts(args.task, args.episodes)
         if args.seed < 0:
             raise CollectError(f'--seed must be >= 0, got {args.seed}')
         if args.max_steps is not None and args.max_steps < 1:
@@ -189,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise CollectError(str(exc)) from None
             _prepare_bags(bags, args.force, inside_out=False)
         _prepare_out(out, args.force)
-        seeds = list(range(args.seed, args.seed + args.episodes))
+        seeds = list(range(args.seed, args.seed + max(counts.values())))
         if args.graph:
-            info = _collect_graph(args, tasks, seeds, out, bags)
+            info = _collect_graph(args, tasks, seeds, counts, out, bags)
             if info is None:
                 return EXIT_FAILED
         else:
@@ -200,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             info = collect_in_process(tasks, seeds, out, image_size=args.image_size, progress=not args.no_progress,
                                       only_successful=not args.include_failed, max_steps=args.max_steps,
                                       layouts=args.layouts, start_jitter_m=args.start_jitter_m,
-                                      action_noise_m=args.action_noise_m)
+                                      action_noise_m=args.action_noise_m, counts=counts)
     except (CollectError, DatasetError) as exc:
         print(f'openvla-collect: error: {exc}', file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -212,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _collect_graph(args, tasks, seeds, out: Path, bags: Path | None) -> dict | None:
+def _collect_graph(args, tasks, seeds, counts, out: Path, bags: Path | None) -> dict | None:
     """collect_through_graph with this CLI's arguments; None (the error printed) when the graph or
     the recording failed."""
     from openvla_ros.bag.storage import BagError
@@ -225,7 +248,7 @@ def _collect_graph(args, tasks, seeds, out: Path, bags: Path | None) -> dict | N
             tasks, seeds, out, executable_command=bringup_cli.executable_command,
             stop_processes=bringup_cli.stop_processes, bags_dir=bags, image_size=args.image_size,
             progress=not args.no_progress, only_successful=not args.include_failed, graph_log_dir=args.graph_logs,
-            max_steps=args.max_steps, layouts=args.layouts,
+            max_steps=args.max_steps, layouts=args.layouts, counts=counts,
             log=lambda line: print(f'openvla-collect: {line}', file=sys.stderr))
     except (GraphError, BagError, RuntimeError) as exc:
         print(f'openvla-collect: error: {type(exc).__name__}: {exc}', file=sys.stderr)

@@ -3,16 +3,17 @@
 It is meant to be imitated from camera images, so its behaviour is a simple function of what is
 visible (where the finger tips, the objects and the gripper are), with no hidden memory:
 
-- moves of the finger tips at a capped speed (``SPEED_M_PER_STEP`` per control period, below the
-  controller's per-step clip);
+- moves of the finger tips toward a waypoint, each axis' move the offset to it along that axis
+  clipped to a cap per control period (``SPEED_M_PER_STEP``, and all three together below the
+  controller's per-step clip): each action value is a function of one offset, as in the reach;
 - reach: toward the point just above the object, each axis' move the offset to it along that
   axis clipped to ``REACH_STEP_PER_AXIS_M``. Each action value is then a function of one offset
   (object minus finger tips along that axis: a full step while far, the remaining offset when
   close), and an axis that has arrived stops while the others go on, so within a demonstration
   the action changes with where the finger tips are (a straight line at a capped speed keeps one
   action for the whole way, which a policy can imitate without ever looking at the tips);
-- pick and place: at a fixed cruise height while far from the goal horizontally, then straight
-  down;
+- pick and place: from above, inside a cone around the goal (the finger tips' height above it
+  grows with the horizontal distance, up to a cruise height), so they come down as they close in;
 - a fixed grasp height relative to the object's grasp point, close, lift, carry, lower to a fixed
   release height above the support, open, move up;
 - the orientation stays the start orientation (no rotation deltas), so the fingers always close
@@ -29,14 +30,12 @@ from openvla_ros.control.embodiment import Embodiment
 from openvla_ros.evaluation import tasks as T
 from openvla_ros.sim.workcell import WorkcellSim
 
-SPEED_M_PER_STEP = 0.03        # finger-tip speed cap: 0.15 m/s at 5 Hz
+SPEED_M_PER_STEP = 0.025       # finger-tip speed cap per axis: 0.125 m/s at 5 Hz
 REACH_STEP_PER_AXIS_M = 0.01  # reach: at most this far along each axis per step
 CRUISE_Z_M = 0.15              # finger-tip height for horizontal moves (above the can's top)
-LIFT_FIRST_BELOW_M = 0.04     # this far below the cruise height and far from the goal: lift vertically
-NEAR_XY_M = 0.04               # closer than this horizontally: leave the cruise height
-ALIGNED_XY_M = 0.008           # closer than this: go straight down
+CONE_SLOPE = 1.0               # approach: height above the goal per metre of horizontal distance
+ALIGNED_XY_M = 0.008           # closer than this: straight down
 AT_HEIGHT_M = 0.008            # within this of the goal height: act (close / open)
-HOVER_ABOVE_M = 0.05           # height above the goal while aligning
 GRASP_BELOW_M = 0.005          # finger tips this far below the grasp point
 MIN_TIP_Z_M = 0.006            # finger tips never lower (the table is at 0)
 RELEASE_ABOVE_M = 0.012        # drop height of a carried object above its support
@@ -47,9 +46,8 @@ OPEN, CLOSED = 1.0, 0.0
 
 
 def _toward(tip: np.ndarray, goal: np.ndarray, speed: float = SPEED_M_PER_STEP) -> np.ndarray:
-    d = goal - tip
-    n = float(np.linalg.norm(d))
-    return d if n <= speed else d * (speed / n)
+    """The move toward ``goal``, each axis' offset clipped to ``speed``."""
+    return np.clip(goal - tip, -speed, speed)
 
 
 def _action(d: np.ndarray, gripper: float) -> np.ndarray:
@@ -57,17 +55,13 @@ def _action(d: np.ndarray, gripper: float) -> np.ndarray:
 
 
 def _approach(tip: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    """Straight line to ``goal``: cruise height while far, then hover above it, then down."""
+    """Toward ``goal`` from above, inside a cone: the height to go to is the goal's plus
+    ``CONE_SLOPE`` times the horizontal distance left (at most the cruise height), so the finger
+    tips come down as they close in and reach the goal's height only over it. The height is a
+    smooth function of where the goal is, with no switch for a policy to place exactly."""
     dxy = float(np.linalg.norm(goal[:2] - tip[:2]))
-    if dxy > NEAR_XY_M and tip[2] < CRUISE_Z_M - LIFT_FIRST_BELOW_M:
-        waypoint = np.array([tip[0], tip[1], CRUISE_Z_M])        # straight up before moving across
-    elif dxy > NEAR_XY_M:
-        waypoint = np.array([goal[0], goal[1], max(CRUISE_Z_M, goal[2])])
-    elif dxy > ALIGNED_XY_M:
-        waypoint = np.array([goal[0], goal[1], max(goal[2] + HOVER_ABOVE_M, min(tip[2], CRUISE_Z_M))])
-    else:
-        waypoint = goal
-    return _toward(tip, waypoint)
+    z = min(goal[2] + CONE_SLOPE * max(dxy - ALIGNED_XY_M, 0.0), max(CRUISE_Z_M, goal[2]))
+    return _toward(tip, np.array([goal[0], goal[1], z]))
 
 
 class ScriptedExpert:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections import Counter
 import threading
 import time
 from pathlib import Path
@@ -50,17 +51,26 @@ def episode_from_result(result, source: str) -> tuple[Episode, int]:
 LAYOUTS = ('shared', 'distinct')
 
 
-def episode_jobs(tasks: list[str], seeds: list[int], layouts: str = 'shared') -> list[tuple[str, int]]:
+def episode_jobs(tasks: list[str], seeds: list[int], layouts: str = 'shared',
+                 counts: dict[str, int] | None = None) -> list[tuple[str, int]]:
     """The (task, seed) episodes to demonstrate. A seed decides the whole scene, and every task
     places the same objects, so ``shared``: each task on ``seeds`` (one scene per seed, shown with
-    every task's instruction); ``distinct``: task i on ``seeds`` shifted by ``i * len(seeds)`` (a
-    scene of its own for every demonstration: as many layouts as episodes)."""
+    every task's instruction); ``distinct``: each task on ``seeds`` shifted past the seeds of the
+    tasks before it (``i * len(seeds)`` when every task has ``len(seeds)``; a scene of its own for
+    every demonstration: as many layouts as episodes).
+
+    ``counts``: a task's number of episodes when it is not ``len(seeds)`` (at most that: the task
+    takes the first ones). The episodes interleave the tasks, seed by seed."""
     if layouts not in LAYOUTS:
         raise ValueError(f'layouts must be one of {LAYOUTS}, got {layouts!r}')
-    if layouts == 'shared':
-        return [(t, s) for s in seeds for t in tasks]
-    n = len(seeds)
-    return [(t, s + i * n) for s in seeds for i, t in enumerate(tasks)]
+    counts = counts or {}
+    n = [counts.get(t, len(seeds)) for t in tasks]
+    if any(not 0 <= k <= len(seeds) for k in n):
+        raise ValueError(f'episodes per task must be in [0, {len(seeds)}], got {dict(zip(tasks, n))}')
+    shift = [0] * len(tasks)
+    if layouts == 'distinct':
+        shift = [sum(n[:i]) for i in range(len(tasks))]
+    return [(t, seeds[k] + shift[i]) for k in range(len(seeds)) for i, t in enumerate(tasks) if k < n[i]]
 
 
 def demonstration_paraphrase(task: str, seed: int) -> int:
@@ -79,13 +89,13 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
                        image_size: int = 56, progress: bool = True,
                        only_successful: bool = True, max_steps: int | None = None,
                        layouts: str = 'shared', start_jitter_m: float = 0.0,
-                       action_noise_m: float = 0.0) -> dict:
+                       action_noise_m: float = 0.0, counts: dict[str, int] | None = None) -> dict:
     from openvla_ros.evaluation.policies import ExpertPolicy
     from openvla_ros.evaluation.runner import EpisodeEnv, run_episode
 
     out = Path(out)
     env = EpisodeEnv(image_size=(image_size, image_size))
-    jobs = episode_jobs(tasks, seeds, layouts)
+    jobs = episode_jobs(tasks, seeds, layouts, counts)
     expert = ExpertPolicy(action_noise_m, seed=_seed_span(jobs)[0] if jobs else 0)
     bar = None
     if progress:
@@ -117,6 +127,7 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
     return finish_dataset(out, extra_info={'idle_steps_dropped': idle,
                                            'failed_demonstrations': failed,
                                            'tasks': tasks, 'seeds': _seed_span(jobs), 'layouts': layouts,
+                                           'episodes_per_task': dict(Counter(t for t, _ in jobs)),
                                            'start_jitter_m': start_jitter_m,
                                            'action_noise_m': action_noise_m})
 
@@ -278,7 +289,7 @@ def collect_through_graph(tasks: list[str], seeds: list[int], out: str | Path, *
                           stop_processes, bags_dir: str | Path | None = None, image_size: int = 56,
                           progress: bool = True, only_successful: bool = True,
                           graph_log_dir: str | Path | None = None, max_steps: int | None = None,
-                          log=print, layouts: str = 'shared') -> dict:
+                          log=print, layouts: str = 'shared', counts: dict[str, int] | None = None) -> dict:
     """The expert through the ROS graph, one bag per episode in ``bags_dir`` (default
     ``OUT/bags``), then the dataset ``out`` built from those bags (the labels, idle filter and
     statistics of ``openvla-dataset build``). ``executable_command`` / ``stop_processes``: as for
@@ -292,7 +303,7 @@ def collect_through_graph(tasks: list[str], seeds: list[int], out: str | Path, *
 
     out = Path(out)
     bags_dir = Path(bags_dir) if bags_dir is not None else out / BAGS_DIR
-    jobs = episode_jobs(tasks, seeds, layouts)
+    jobs = episode_jobs(tasks, seeds, layouts, counts)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -310,7 +321,8 @@ def collect_through_graph(tasks: list[str], seeds: list[int], out: str | Path, *
     opts = BuildOptions(bags=[str(b) for _, _, b, _ in episodes], out=str(out), force=True,
                         include_failed=not only_successful, bags_inside_out=True,
                         extra_info={'collected': 'ros graph (arm_controller, sim_node lockstep; expert as teleoperator)',
-                                    'tasks': tasks, 'seeds': _seed_span(jobs), 'layouts': layouts, 'bags_dir': str(bags_dir)})
+                                    'tasks': tasks, 'seeds': _seed_span(jobs), 'layouts': layouts,
+                                    'episodes_per_task': dict(Counter(t for t, _ in jobs)), 'bags_dir': str(bags_dir)})
     result = build(opts, log=lambda line: log(f'dataset: {line}'))
     by_bag = {str(Path(b).resolve()): (t, s) for t, s, b, _ in episodes}
     for bag, why in (result.info or {}).get('failed_bags', {}).items():
