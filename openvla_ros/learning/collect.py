@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import struct
-from collections import Counter
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
