@@ -32,7 +32,7 @@ from openvla_ros.sim.workcell import WorkcellSim
 
 SPEED_M_PER_STEP = 0.025       # finger-tip speed cap per axis: 0.125 m/s at 5 Hz
 REACH_STEP_PER_AXIS_M = 0.01  # reach: at most this far along each axis per step
-CRUISE_Z_M = 0.15              # finger-tip height for horizontal moves (above the can's top)
+CRUISE_Z_M = 0.15              # the approach cone's top: finger-tip height while far (above the can's top)
 CONE_SLOPE = 1.0               # approach: height above the goal per metre of horizontal distance
 ALIGNED_XY_M = 0.008           # closer than this: straight down
 AT_HEIGHT_M = 0.008            # within this of the goal height: act (close / open)

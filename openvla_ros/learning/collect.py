@@ -85,6 +85,12 @@ def _seed_span(jobs: list[tuple[str, int]]) -> list[int]:
     return [min(s for _, s in jobs), max(s for _, s in jobs)]
 
 
+def _jobs_info(tasks: list[str], jobs: list[tuple[str, int]], layouts: str) -> dict:
+    """What a collection's ``meta/info.json`` says of its episodes, either way it is collected."""
+    return {'tasks': tasks, 'seeds': _seed_span(jobs), 'layouts': layouts,
+            'episodes_per_task': dict(Counter(t for t, _ in jobs))}
+
+
 def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
                        image_size: int = 56, progress: bool = True,
                        only_successful: bool = True, max_steps: int | None = None,
@@ -126,8 +132,7 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
             bar.close()
     return finish_dataset(out, extra_info={'idle_steps_dropped': idle,
                                            'failed_demonstrations': failed,
-                                           'tasks': tasks, 'seeds': _seed_span(jobs), 'layouts': layouts,
-                                           'episodes_per_task': dict(Counter(t for t, _ in jobs)),
+                                           **_jobs_info(tasks, jobs, layouts),
                                            'start_jitter_m': start_jitter_m,
                                            'action_noise_m': action_noise_m})
 
@@ -321,8 +326,7 @@ def collect_through_graph(tasks: list[str], seeds: list[int], out: str | Path, *
     opts = BuildOptions(bags=[str(b) for _, _, b, _ in episodes], out=str(out), force=True,
                         include_failed=not only_successful, bags_inside_out=True,
                         extra_info={'collected': 'ros graph (arm_controller, sim_node lockstep; expert as teleoperator)',
-                                    'tasks': tasks, 'seeds': _seed_span(jobs), 'layouts': layouts,
-                                    'episodes_per_task': dict(Counter(t for t, _ in jobs)), 'bags_dir': str(bags_dir)})
+                                    **_jobs_info(tasks, jobs, layouts), 'bags_dir': str(bags_dir)})
     result = build(opts, log=lambda line: log(f'dataset: {line}'))
     by_bag = {str(Path(b).resolve()): (t, s) for t, s, b, _ in episodes}
     for bag, why in (result.info or {}).get('failed_bags', {}).items():
