@@ -93,6 +93,27 @@ def test_an_unsteady_expert_is_seeded_and_still_succeeds(env):
     assert not np.array_equal(other.actions[:2], noisy[0].actions[:2])
 
 
+def test_a_slipping_expert_lists_its_slips_and_recovers(env):
+    """Slips (demonstrations only): seeded uniform moves in place of some steps, listed per
+    episode so a dataset can leave them out; the expert recovers and still succeeds."""
+    task = T.TASKS['red_block_on_purple_block']
+    clean = run_episode(ExpertPolicy(), task, 3, env=env)
+    runs = []
+    for _ in range(2):
+        expert = ExpertPolicy(seed=4, slip_probability=0.3, slip_m=0.02)
+        runs.append((run_episode(expert, task, 3, env=env), list(expert.slips)))
+    (r, slips), (again, slips_again) = runs
+    assert r.success and slips and slips == slips_again
+    np.testing.assert_array_equal(r.actions, again.actions)
+    assert np.abs(r.actions[slips, :3]).max() <= 0.02
+    assert not np.array_equal(r.actions[:len(clean.actions)], clean.actions[:len(r.actions)])
+    # every step a slip: the list is the episode's own, one entry per step
+    expert = ExpertPolicy(seed=1, slip_probability=1.0, slip_m=0.01)
+    for seed in (3, 4):
+        run_episode(expert, task, seed, env=env, max_steps=4)
+        assert expert.slips == [0, 1, 2, 3]
+
+
 def test_paraphrases_are_selectable(env):
     task = T.TASKS['spoon_on_towel']
     assert T.reset_episode(env.sim, task, 0).instruction == task.instruction

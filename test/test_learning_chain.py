@@ -71,7 +71,10 @@ def test_collect_refuses_a_bad_start_jitter_before_writing(tmp_path, capsys):
                            (['--graph', '--start-jitter-m', '0.05'], 'in-process'),
                            (['--action-noise-m', '0.5'], 'must be in'),
                            (['--action-noise-m', '-0.001'], 'must be in'),
-                           (['--graph', '--action-noise-m', '0.005'], 'in-process')):
+                           (['--graph', '--action-noise-m', '0.005'], 'in-process'),
+                           (['--slip-probability', '0.9'], 'must be in'),
+                           (['--slip-probability', '0.2', '--slip-m', '0'], 'must be in'),
+                           (['--graph', '--slip-probability', '0.2'], 'in-process')):
         out = tmp_path / 'out'
         assert cli.main(base + ['--out', str(out)] + extra) == cli.EXIT_BAD_INPUT
         assert message in capsys.readouterr().err

@@ -196,6 +196,16 @@ def test_build_gives_the_in_process_labels(tmp_path, episodes, capsys):
     assert f'{len(built[0].actions)} steps' in err
 
 
+def test_left_out_steps_are_neither_frames_nor_labels(episodes):
+    """The expert's slips are left out of an episode: their frames and labels, nothing else."""
+    full, idle = _in_process(episodes[0])
+    assert idle == 0
+    part, idle_part = episode_from_result(episodes[0][0], 'x', leave_out=[1, 3, 10_000])
+    assert idle_part == 0
+    np.testing.assert_array_equal(part.actions, np.delete(full.actions, [1, 3], axis=0))
+    np.testing.assert_array_equal(part.images, np.delete(full.images, [1, 3], axis=0))
+
+
 def _shift(topic_to_break, at, delta_ns):
     def stamp(topic, k, ns):
         return ns + delta_ns if topic == topic_to_break and k >= at else ns

@@ -41,6 +41,8 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 MAX_START_JITTER_M = 0.1                     # m: beyond it many starts leave the workspace
 MAX_ACTION_NOISE_M = 0.02                    # m: twice the reach expert's own 0.01 m per-axis steps
+MAX_SLIP_PROBABILITY = 0.5                   # at least every other step is the expert's own
+MAX_SLIP_M = 0.05                            # m: the arm controller's per-step clip
 
 
 class CollectError(Exception):
@@ -73,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "each of the expert's commanded translations, as an unsteady hand would; the expert "
                              'corrects from wherever that leads and the labels are the reached moves, so the '
                              'demonstrations show corrections from off the ideal path (default 0)')
+    parser.add_argument('--slip-probability', type=float, default=0.0, metavar='P',
+                        help="in process: replace each of the expert's steps with probability P by a slip, a "
+                             'uniform move of up to --slip-m along each axis, and leave the slips out of the '
+                             'dataset: the demonstrations then show recoveries from off the ideal path, labelled '
+                             'with the expert\'s own moves (default 0)')
+    parser.add_argument('--slip-m', type=float, default=0.025, metavar='M',
+                        help='largest slip along each axis, metres (default 0.025)')
     parser.add_argument('--include-failed', action='store_true', help='keep demonstrations that did not succeed')
     parser.add_argument('--force', action='store_true',
                         help='replace a dataset an earlier openvla-collect wrote in --out (never other files)')
@@ -196,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
             raise CollectError(f'--start-jitter-m must be in [0, {MAX_START_JITTER_M}] m, got {args.start_jitter_m}')
         if not 0.0 <= args.action_noise_m <= MAX_ACTION_NOISE_M:
             raise CollectError(f'--action-noise-m must be in [0, {MAX_ACTION_NOISE_M}] m, got {args.action_noise_m}')
+        if not 0.0 <= args.slip_probability <= MAX_SLIP_PROBABILITY:
+            raise CollectError(f'--slip-probability must be in [0, {MAX_SLIP_PROBABILITY}], got {args.slip_probability}')
+        if not 0.0 < args.slip_m <= MAX_SLIP_M:
+            raise CollectError(f'--slip-m must be in (0, {MAX_SLIP_M}] m, got {args.slip_m}')
+        if args.graph and args.slip_probability:
+            raise CollectError('--slip-probability is for the in-process collection')
         if args.graph and args.action_noise_m:
             raise CollectError('--action-noise-m is for the in-process collection')
         if args.graph and args.start_jitter_m:
@@ -223,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
             info = collect_in_process(tasks, seeds, out, image_size=args.image_size, progress=not args.no_progress,
                                       only_successful=not args.include_failed, max_steps=args.max_steps,
                                       layouts=args.layouts, start_jitter_m=args.start_jitter_m,
-                                      action_noise_m=args.action_noise_m, counts=counts)
+                                      action_noise_m=args.action_noise_m, counts=counts,
+                                      slip_probability=args.slip_probability, slip_m=args.slip_m)
     except (CollectError, DatasetError) as exc:
         print(f'openvla-collect: error: {exc}', file=sys.stderr)
         return EXIT_BAD_INPUT
     failed = info.get('failed_demonstrations', [])
+    slips = f', {info["slip_steps_left_out"]} slips left out' if info.get('slip_steps_left_out') else ''
     print(f'{out}: {info["episodes"]} episodes, {info["transitions"]} steps, '
-          f'{info["idle_steps_dropped"]} idle steps dropped, {len(failed)} demonstration(s) left out')
+          f'{info["idle_steps_dropped"]} idle steps dropped{slips}, {len(failed)} demonstration(s) left out')
     for task, seed, why in failed:
         print(f'openvla-collect: note: {task} seed {seed} left out: {why}', file=sys.stderr)
     return EXIT_OK

@@ -32,20 +32,23 @@ from .dataset import Episode, finish_dataset, write_episode
 from .labels import LabelError, bridge_labels, idle_mask
 
 
-def episode_from_result(result, source: str) -> tuple[Episode, int]:
+def episode_from_result(result, source: str, leave_out: list[int] | tuple[int, ...] = ()) -> tuple[Episode, int]:
     """(Episode, number of idle steps dropped) from an evaluation EpisodeResult with frames.
 
     Pose labels come from consecutive reached states; the gripper label is the absolute command
-    the step was taken with (a closed gripper stopped by an object never *reaches* 0)."""
+    the step was taken with (a closed gripper stopped by an object never *reaches* 0).
+    ``leave_out``: steps not to learn from (the expert's slips), besides the idle ones."""
     if result.steps < 2:
         raise LabelError(f'{source}: {result.steps} step(s); an episode needs at least two')
     commanded = result.actions[:, GRIPPER_INDEX]
     gripper = np.concatenate([[commanded[0]], commanded])
     actions = bridge_labels(result.ee_positions, result.ee_rotations, gripper)
     keep = idle_mask(actions)
+    idle = int((~keep).sum())
+    keep[[i for i in leave_out if i < result.steps]] = False
     images = np.stack(result.frames[:result.steps])[keep]
     return Episode(images=images.astype(np.uint8), actions=actions[keep],
-                   instruction=result.instruction, source=source), int((~keep).sum())
+                   instruction=result.instruction, source=source), idle
 
 
 LAYOUTS = ('shared', 'distinct')
@@ -95,19 +98,21 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
                        image_size: int = 56, progress: bool = True,
                        only_successful: bool = True, max_steps: int | None = None,
                        layouts: str = 'shared', start_jitter_m: float = 0.0,
-                       action_noise_m: float = 0.0, counts: dict[str, int] | None = None) -> dict:
+                       action_noise_m: float = 0.0, counts: dict[str, int] | None = None,
+                       slip_probability: float = 0.0, slip_m: float = 0.0) -> dict:
     from openvla_ros.evaluation.policies import ExpertPolicy
     from openvla_ros.evaluation.runner import EpisodeEnv, run_episode
 
     out = Path(out)
     env = EpisodeEnv(image_size=(image_size, image_size))
     jobs = episode_jobs(tasks, seeds, layouts, counts)
-    expert = ExpertPolicy(action_noise_m, seed=_seed_span(jobs)[0] if jobs else 0)
+    expert = ExpertPolicy(action_noise_m, seed=_seed_span(jobs)[0] if jobs else 0,
+                          slip_probability=slip_probability, slip_m=slip_m)
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(jobs), desc='collect', unit='episode')
-    index, idle, failed = 0, 0, []
+    index, idle, slipped, failed = 0, 0, 0, []
     try:
         for task, seed in jobs:
             result = run_episode(expert, task, seed, record=True, env=env,
@@ -119,13 +124,14 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
                 failed.append((task, seed, result.reason))
                 continue
             try:
-                episode, dropped = episode_from_result(result, f'{task} seed {seed}')
+                episode, dropped = episode_from_result(result, f'{task} seed {seed}', leave_out=expert.slips)
             except LabelError as exc:
                 failed.append((task, seed, str(exc)))
                 continue
             write_episode(out, index, episode)
             index += 1
             idle += dropped
+            slipped += len(expert.slips)
     finally:
         env.close()
         if bar is not None:
@@ -134,7 +140,9 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
                                            'failed_demonstrations': failed,
                                            **_jobs_info(tasks, jobs, layouts),
                                            'start_jitter_m': start_jitter_m,
-                                           'action_noise_m': action_noise_m})
+                                           'action_noise_m': action_noise_m,
+                                           'slip_probability': slip_probability, 'slip_m': slip_m,
+                                           'slip_steps_left_out': slipped})
 
 
 # ---------------------------------------------------------------- through the ROS graph
