@@ -124,10 +124,14 @@ def test_episode_jobs_per_task_counts():
 
     assert task_counts(['reach_red_block=3', 'spoon_on_towel'], 2) == (
         ['reach_red_block', 'spoon_on_towel'], {'reach_red_block': 3, 'spoon_on_towel': 2})
+    # a task named twice with the same count is one task
+    assert task_counts(['spoon_on_towel=2', 'all'], 2)[1]['spoon_on_towel'] == 2
     for specs, episodes, why in ((['spoon_on_towel'], None, 'give --episodes'),
                                  (['spoon_on_towel=x'], None, 'must be an integer'),
                                  (['spoon_on_towel=0'], None, 'must be >= 1'),
                                  (['all=2'], None, 'no =N'),
-                                 (['reach_nothing=2'], None, 'unknown task')):
+                                 (['reach_nothing=2'], None, 'unknown task'),
+                                 (['spoon_on_towel=3', 'spoon_on_towel=5'], None, 'given 3 and 5'),
+                                 (['all', 'spoon_on_towel=5'], 2, 'given 2 and 5')):
         with pytest.raises(CollectError, match=why):
             task_counts(specs, episodes)

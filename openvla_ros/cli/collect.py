@@ -183,7 +183,8 @@ def task_counts(specs: list[str], episodes: int | None) -> tuple[list[str], dict
                 raise CollectError(f'--task {spec!r}: N must be an integer') from None
             if count < 1:
                 raise CollectError(f'--task {task}: episodes must be >= 1, got {count}')
-            counts.setdefault(task, count)
+            if counts.setdefault(task, count) != count:
+                raise CollectError(f'--task {task} is given {counts[task]} and {count} episodes')
     return list(counts), counts
 
 
