@@ -77,6 +77,27 @@ def test_jittered_start_is_seeded_bounded_and_keeps_the_layout(env):
     assert env.reset(task, 3, start_jitter_m=0.06).object_poses == layout
 
 
+def test_near_start_is_seeded_clear_of_the_target_and_keeps_the_layout(env):
+    """Demonstrations may start with the finger tips near the target: within the radius of its
+    grasp point along x and y, 1 cm to the radius above its top, the same for the same seed, the
+    seed's layout unchanged; the expert still succeeds from there, in fewer steps."""
+    task = T.TASKS['red_block_on_purple_block']
+    plain = run_episode(ExpertPolicy(), task, 3, env=env)
+    starts = []
+    for seed in (3, 3, 4):
+        result = run_episode(ExpertPolicy(), task, seed, env=env, near_start_m=0.05)
+        assert result.success and result.steps < plain.steps + 5
+        layout = T.reset_episode(env.sim, task, seed)
+        grasp, top = T.grasp_point(env.sim, task.target), T.top_z(env.sim, task.target)
+        tip = result.tip_positions[0]
+        assert np.all(np.abs(tip[:2] - grasp[:2]) <= 0.05 + 2e-3), tip - grasp
+        assert top + T.NEAR_START_ABOVE_TOP_M - 2e-3 <= tip[2] <= top + 0.05 + 2e-3, (tip[2], top)
+        assert env.reset(task, seed, near_start_m=0.05).object_poses == layout.object_poses
+        starts.append(tip)
+    np.testing.assert_allclose(starts[0], starts[1])
+    assert np.linalg.norm(starts[0] - plain.tip_positions[0]) > 0.05
+
+
 def test_an_unsteady_expert_is_seeded_and_still_succeeds(env):
     """Action noise (demonstrations only): the commanded translations differ from the clean
     expert's, the same seed gives the same episode, and the expert corrects its way to the goal."""

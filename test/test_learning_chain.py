@@ -74,7 +74,10 @@ def test_collect_refuses_a_bad_start_jitter_before_writing(tmp_path, capsys):
                            (['--graph', '--action-noise-m', '0.005'], 'in-process'),
                            (['--slip-probability', '0.9'], 'must be in'),
                            (['--slip-probability', '0.2', '--slip-m', '0'], 'must be in'),
-                           (['--graph', '--slip-probability', '0.2'], 'in-process')):
+                           (['--graph', '--slip-probability', '0.2'], 'in-process'),
+                           (['--near-start-fraction', '1.5'], 'must be in'),
+                           (['--near-start-fraction', '0.5', '--near-start-m', '0'], 'must be in'),
+                           (['--graph', '--near-start-fraction', '0.5'], 'in-process')):
         out = tmp_path / 'out'
         assert cli.main(base + ['--out', str(out)] + extra) == cli.EXIT_BAD_INPUT
         assert message in capsys.readouterr().err

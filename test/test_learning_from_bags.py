@@ -338,6 +338,14 @@ def test_collect_cli_writes_a_dataset_info_reads(tmp_path, capsys):
     assert info['seeds'] == [3, 4] and info['tasks'] == ['reach_red_block']
     rc, text, _ = _run(['info', str(out)], capsys)
     assert rc == 0 and '2 episodes' in text and 'idle steps dropped' in text
+    # near starts and slips: counted in info.json, the slips left out of the steps
+    near = tmp_path / 'near'
+    assert collect(['--task', 'red_block_on_purple_block', '--episodes', '1', '--seed', '3', '--out', str(near),
+                    '--image-size', '24', '--no-progress', '--near-start-fraction', '1',
+                    '--slip-probability', '0.3']) == 0
+    info = json.loads((near / INFO_FILE).read_text())
+    assert info['near_starts'] == 1 and info['slip_steps_left_out'] > 0
+    assert 'slips left out' in capsys.readouterr().out
     # a reader that has gone away (`openvla-dataset info D | head -1`): no traceback, the shell's status
     import os
     import subprocess

@@ -102,6 +102,16 @@ def test_episode_jobs_shared_and_distinct_layouts():
         episode_jobs(tasks, [0], 'mixed')
 
 
+def test_near_starts_are_a_seeded_fraction():
+    from openvla_ros.learning.collect import starts_near
+
+    near = [starts_near(seed, 0.3) for seed in range(2000)]
+    assert near == [starts_near(seed, 0.3) for seed in range(2000)]
+    assert 0.27 < np.mean(near) < 0.33
+    assert not any(starts_near(seed, 0.0) for seed in range(200))
+    assert all(starts_near(seed, 1.0) for seed in range(200))
+
+
 def test_episode_jobs_per_task_counts():
     """A task may have fewer demonstrations than the others (openvla-collect --task T=N); distinct
     layouts still give each its own scene, and equal counts give the layouts without counts."""

@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                              'with the expert\'s own moves (default 0)')
     parser.add_argument('--slip-m', type=float, default=0.025, metavar='M',
                         help='largest slip along each axis, metres (default 0.025)')
+    parser.add_argument('--near-start-fraction', type=float, default=0.0, metavar='F',
+                        help='in process: start about this fraction of the demonstrations (seeded per seed) with '
+                             "the finger tips near the task's target, within --near-start-m of it along x and y "
+                             'and 1 cm to --near-start-m above its top, instead of the (jittered) start pose: many '
+                             'more demonstrations of the last centimetres before a grasp (default 0)')
+    parser.add_argument('--near-start-m', type=float, default=0.06, metavar='R',
+                        help='how near a near start is, metres (default 0.06)')
     parser.add_argument('--include-failed', action='store_true', help='keep demonstrations that did not succeed')
     parser.add_argument('--force', action='store_true',
                         help='replace a dataset an earlier openvla-collect wrote in --out (never other files)')
@@ -210,6 +217,12 @@ def main(argv: list[str] | None = None) -> int:
             raise CollectError(f'--slip-probability must be in [0, {MAX_SLIP_PROBABILITY}], got {args.slip_probability}')
         if not 0.0 < args.slip_m <= MAX_SLIP_M:
             raise CollectError(f'--slip-m must be in (0, {MAX_SLIP_M}] m, got {args.slip_m}')
+        if not 0.0 <= args.near_start_fraction <= 1.0:
+            raise CollectError(f'--near-start-fraction must be in [0, 1], got {args.near_start_fraction}')
+        if not 0.0 < args.near_start_m <= MAX_START_JITTER_M:
+            raise CollectError(f'--near-start-m must be in (0, {MAX_START_JITTER_M}] m, got {args.near_start_m}')
+        if args.graph and args.near_start_fraction:
+            raise CollectError('--near-start-fraction is for the in-process collection')
         if args.graph and args.slip_probability:
             raise CollectError('--slip-probability is for the in-process collection')
         if args.graph and args.action_noise_m:
@@ -240,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                                       only_successful=not args.include_failed, max_steps=args.max_steps,
                                       layouts=args.layouts, start_jitter_m=args.start_jitter_m,
                                       action_noise_m=args.action_noise_m, counts=counts,
-                                      slip_probability=args.slip_probability, slip_m=args.slip_m)
+                                      slip_probability=args.slip_probability, slip_m=args.slip_m,
+                                      near_start_fraction=args.near_start_fraction,
+                                      near_start_m=args.near_start_m)
     except (CollectError, DatasetError) as exc:
         print(f'openvla-collect: error: {exc}', file=sys.stderr)
         return EXIT_BAD_INPUT

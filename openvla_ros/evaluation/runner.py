@@ -89,9 +89,13 @@ class EpisodeEnv:
         self.kinematics = ArmKinematics(self.embodiment)
         self.controller: SafetyController | None = None
 
-    def reset(self, task: T.Task, seed: int, paraphrase=None, start_jitter_m: float = 0.0) -> T.EpisodeStart:
-        joints = (T.jittered_start(self.sim, self.kinematics, seed, start_jitter_m, self.embodiment)
-                  if start_jitter_m > 0 else None)
+    def reset(self, task: T.Task, seed: int, paraphrase=None, start_jitter_m: float = 0.0,
+              near_start_m: float = 0.0) -> T.EpisodeStart:
+        joints = None
+        if near_start_m > 0:
+            joints = T.near_target_start(self.sim, self.kinematics, task, seed, near_start_m, self.embodiment)
+        elif start_jitter_m > 0:
+            joints = T.jittered_start(self.sim, self.kinematics, seed, start_jitter_m, self.embodiment)
         start = T.reset_episode(self.sim, task, seed, paraphrase=paraphrase, embodiment=self.embodiment,
                                 joint_positions=joints)
         self.controller = SafetyController(self.embodiment, self.kinematics)
@@ -129,12 +133,15 @@ class EpisodeEnv:
 def run_episode(policy, task: T.Task | str, seed: int, *, max_steps: int | None = None,
                 lockstep: bool = True, record: bool = False, unnorm_key: str | None = None,
                 env: EpisodeEnv | None = None, paraphrase=None, instruction: str | None = None,
-                stop_on_success: bool = True, start_jitter_m: float = 0.0) -> EpisodeResult:
+                stop_on_success: bool = True, start_jitter_m: float = 0.0,
+                near_start_m: float = 0.0) -> EpisodeResult:
     """Run one seeded episode of ``task`` with ``policy`` (``predict(image, instruction,
     unnorm_key)`` returning an object with ``.action``). ``record``: keep the camera frames.
     ``instruction`` overrides the task's (the instruction-shuffled control). ``start_jitter_m``:
     start the arm away from its start pose (:func:`~openvla_ros.evaluation.tasks.jittered_start`;
-    demonstrations only, evaluations start from the start pose)."""
+    demonstrations only, evaluations start from the start pose); ``near_start_m``: instead, start
+    with the finger tips near the target (:func:`~openvla_ros.evaluation.tasks.near_target_start`;
+    demonstrations only)."""
     if not lockstep:
         raise ValueError('the in-process runner is lockstep only; real-time runs go through the ROS graph (--graph)')
     task = T.get_task(task) if isinstance(task, str) else task
@@ -142,16 +149,16 @@ def run_episode(policy, task: T.Task | str, seed: int, *, max_steps: int | None 
     env = env or EpisodeEnv()
     try:
         return _run(policy, task, seed, max_steps or task.max_steps, record, unnorm_key, env, paraphrase,
-                    instruction, stop_on_success, start_jitter_m)
+                    instruction, stop_on_success, start_jitter_m, near_start_m)
     finally:
         if own_env:
             env.close()
 
 
 def _run(policy, task, seed, max_steps, record, unnorm_key, env, paraphrase, instruction, stop_on_success,
-         start_jitter_m):
+         start_jitter_m, near_start_m):
     wall0 = time.perf_counter()
-    start = env.reset(task, seed, paraphrase=paraphrase, start_jitter_m=start_jitter_m)
+    start = env.reset(task, seed, paraphrase=paraphrase, start_jitter_m=start_jitter_m, near_start_m=near_start_m)
     text = instruction if instruction is not None else start.instruction
     sim, e = env.sim, env.embodiment
     if hasattr(policy, 'start_episode'):

@@ -269,6 +269,35 @@ def jittered_start(sim: WorkcellSim, kinematics, seed: int, jitter_m: float,
     return start
 
 
+NEAR_START_ABOVE_TOP_M = 0.01   # a near start's finger tips at least this far above the target's top
+
+
+def near_target_start(sim: WorkcellSim, kinematics, task: Task, seed: int, radius_m: float,
+                      embodiment: Embodiment | None = None) -> dict[str, float]:
+    """The episode's start joints with the finger tips at a seeded point near the task's target
+    (in the start orientation): within ``radius_m`` of its grasp point along x and y, and from
+    :data:`NEAR_START_ABOVE_TOP_M` to ``radius_m`` above its top, so they start clear of it.
+    Demonstrations that start there show the close range (the last centimetres before a grasp)
+    from many more places than those that come from afar. The seed's layout stays the same (the
+    point comes from a stream of its own); a draw the IK does not reach is drawn again, and after
+    :data:`_START_JITTER_TRIES` the start pose itself is used."""
+    e = embodiment or _embodiment()
+    start = start_joint_positions(sim, e)
+    reset_episode(sim, task, seed, embodiment=e)          # the layout, with the arm at the start pose
+    tip_from_ee = gripper_point(sim) - np.asarray(sim.ee_pose().position, dtype=float)
+    target = grasp_point(sim, task.target)
+    top = top_z(sim, task.target)
+    rng = np.random.default_rng([int(seed), 3])
+    for _ in range(_START_JITTER_TRIES):
+        dx, dy = rng.uniform(-radius_m, radius_m, 2)
+        tip = np.array([target[0] + dx, target[1] + dy,
+                        top + NEAR_START_ABOVE_TOP_M + rng.uniform(0.0, max(radius_m - NEAR_START_ABOVE_TOP_M, 0.0))])
+        joints = joints_at(kinematics, e, tip - tip_from_ee, start)
+        if joints is not None:
+            return joints
+    return start
+
+
 def sample_layout(task: Task, rng: np.random.Generator, radius: Callable[[str], float]) -> dict:
     """Planar (x, y, yaw) per body, no two footprints closer than OBJECT_GAP_M. A body that finds
     no free place restarts the whole layout (from the same generator, so still seeded)."""
@@ -322,5 +351,5 @@ def reset_episode(sim: WorkcellSim, task: Task, seed: int, paraphrase: int | str
 
 
 __all__ = ['Task', 'Placement', 'TASKS', 'REACH_TASKS', 'get_task', 'reset_episode', 'EpisodeStart', 'Observation',
-           'observe', 'joints_at', 'jittered_start',
+           'observe', 'joints_at', 'jittered_start', 'near_target_start',
            'UnknownTaskError', 'gripper_point', 'grasp_point', 'top_z', 'on_support', 'start_joint_positions']

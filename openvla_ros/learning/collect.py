@@ -84,6 +84,12 @@ def demonstration_paraphrase(task: str, seed: int) -> int:
     return seed % len(T.get_task(task).instructions)
 
 
+def starts_near(seed: int, fraction: float) -> bool:
+    """Whether the demonstration of ``seed`` starts near its target (a seeded draw, so about
+    ``fraction`` of them do; the same seeds always the same ones)."""
+    return fraction > 0 and float(np.random.default_rng([int(seed), 4]).random()) < fraction
+
+
 def _seed_span(jobs: list[tuple[str, int]]) -> list[int]:
     return [min(s for _, s in jobs), max(s for _, s in jobs)]
 
@@ -99,7 +105,8 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
                        only_successful: bool = True, max_steps: int | None = None,
                        layouts: str = 'shared', start_jitter_m: float = 0.0,
                        action_noise_m: float = 0.0, counts: dict[str, int] | None = None,
-                       slip_probability: float = 0.0, slip_m: float = 0.0) -> dict:
+                       slip_probability: float = 0.0, slip_m: float = 0.0,
+                       near_start_fraction: float = 0.0, near_start_m: float = 0.0) -> dict:
     from openvla_ros.evaluation.policies import ExpertPolicy
     from openvla_ros.evaluation.runner import EpisodeEnv, run_episode
 
@@ -112,12 +119,14 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(jobs), desc='collect', unit='episode')
-    index, idle, slipped, failed = 0, 0, 0, []
+    index, idle, slipped, near, failed = 0, 0, 0, 0, []
     try:
         for task, seed in jobs:
+            near_m = near_start_m if starts_near(seed, near_start_fraction) else 0.0
+            near += near_m > 0
             result = run_episode(expert, task, seed, record=True, env=env,
                                  paraphrase=demonstration_paraphrase(task, seed),
-                                 max_steps=max_steps, start_jitter_m=start_jitter_m)
+                                 max_steps=max_steps, start_jitter_m=start_jitter_m, near_start_m=near_m)
             if bar is not None:
                 bar.update(1)
             if only_successful and not result.success:
@@ -142,7 +151,9 @@ def collect_in_process(tasks: list[str], seeds: list[int], out: str | Path,
                                            'start_jitter_m': start_jitter_m,
                                            'action_noise_m': action_noise_m,
                                            'slip_probability': slip_probability, 'slip_m': slip_m,
-                                           'slip_steps_left_out': slipped})
+                                           'slip_steps_left_out': slipped,
+                                           'near_start_fraction': near_start_fraction,
+                                           'near_start_m': near_start_m, 'near_starts': near})
 
 
 # ---------------------------------------------------------------- through the ROS graph
